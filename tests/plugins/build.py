@@ -1,0 +1,1 @@
+"""Fixtures for the image build: the lab site built once per session (owned by the build work)."""
