@@ -90,10 +90,7 @@ def run(
     except subprocess.TimeoutExpired as exc:
         raise ToolError(f"`{shown}` timed out after {timeout:.0f}s") from exc
     if proc.returncode not in check:
-        if log is not None:
-            output = log.read_text(errors="replace")
-        else:
-            output = _as_text(proc.stdout) + _as_text(proc.stderr)
+        output = log.read_text(errors="replace") if log else _as_text(proc.stdout) + _as_text(proc.stderr)
         raise ToolError(
             f"`{shown}` exited with {proc.returncode}\n{mask(tail(output), secrets)}"
         )

@@ -15,19 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import SecretError
+from pipeline.schema import setting
 
 # Values LiteLLM refuses at start, or that are placeholders in docs.
 UNSAFE_VALUES = frozenset({"sk-1234", "changeme", "change-me", "secret", "password"})
 MIN_LENGTH = 16
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SecretSource:
     """Where a secret comes from. ``describe()`` is safe to print."""
 
-    env: str | None = None
-    command: str | None = None
-    file: Path | None = None
+    env: str | None = setting(None, "environment variable holding the secret")
+    command: str | None = setting(None, "command that prints the secret on stdout")
+    file: Path | None = setting(None, "file holding the secret (keep it 0600)")
 
     def problem(self) -> str | None:
         given = [k for k in ("env", "command", "file") if getattr(self, k)]
