@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from pipeline.errors import PipelineError, ToolError
 
@@ -59,13 +60,15 @@ def run(
     check: Sequence[int] = (0,),
     capture: bool = False,
     input: str | bytes | None = None,
+    stdin: IO[bytes] | None = None,
     secrets: Iterable[str] = (),
     log: Path | None = None,
 ) -> subprocess.CompletedProcess:
     """Run argv; raise ToolError (quoted command, exit code, tail of output) unless allowed.
 
     With ``log`` the combined output goes to that file (for long build steps), else it
-    is captured when ``capture`` is set or on failure-relevant commands.
+    is captured when ``capture`` is set or on failure-relevant commands. ``stdin`` streams
+    an open file to the tool (large archives) instead of ``input`` held in memory.
     """
     args = [os.fspath(a) for a in argv]
     secrets = [s for s in secrets if s]
@@ -77,12 +80,12 @@ def run(
                 fh.write(f"$ {shown}\n".encode())
                 fh.flush()
                 proc = subprocess.run(
-                    args, env=clean_env(env), cwd=cwd, timeout=timeout, input=input,
+                    args, env=clean_env(env), cwd=cwd, timeout=timeout, input=input, stdin=stdin,
                     stdout=fh, stderr=subprocess.STDOUT, text=text_mode,
                 )
         else:
             proc = subprocess.run(
-                args, env=clean_env(env), cwd=cwd, timeout=timeout, input=input,
+                args, env=clean_env(env), cwd=cwd, timeout=timeout, input=input, stdin=stdin,
                 capture_output=True, text=text_mode,
             )
     except FileNotFoundError as exc:
