@@ -1,0 +1,176 @@
+"""The replace as a state machine: from any state, the next step towards the target.
+
+``next_step(world, target)`` names the first step still needed; ``simulate`` applies a
+step's effect to the model. The executor asks ``next_step`` of the *real* state after
+every step, so a rerun after a crash anywhere continues where the real state stands.
+The plan printed before anything runs is the same rules folded over the model.
+
+Order (DESIGN.md §5, holder sequence)::
+
+    upload -> holder -> stop -> park (mp0 to holder) -> delete -> create
+           -> unpark (mp0 back) -> start -> seed -> gate
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from pipeline.errors import PipelineError
+from pipeline.replace.state import CREDENTIALS_MOUNT, CT, World, with_ct, with_holder
+from pipeline.replace.template import TemplateRef
+
+EXIT_NOTHING = 0
+EXIT_ERROR = 1
+EXIT_CHANGES = 2
+
+
+class PlanError(PipelineError):
+    """The current state is one the replace refuses to touch."""
+
+
+STEPS: dict[str, str] = {
+    "upload": "upload template {target} to the template storage",
+    "holder": "create the holder CT {holder} (never started) for the credentials volume",
+    "stop": "shut down CT {ct}",
+    "park": "move the credentials volume (mp0) from CT {ct} to CT {holder}",
+    "delete": "delete CT {ct} (purge; its rootfs only, the credentials volume is on CT {holder})",
+    "create": "create CT {ct} from {target}",
+    "unpark": "move the credentials volume (mp0) from CT {holder} back to CT {ct}",
+    "start": "start CT {ct}",
+    "seed": "deliver the cloud-init seed over SSH and wait for cloud-init",
+    "gate": "run the acceptance suite (pre-login tier) against CT {ct}",
+}
+DESTRUCTIVE = frozenset({"stop", "park", "delete"})
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: tuple[str, ...]
+    lines: tuple[str, ...]
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CHANGES if self.steps else EXIT_NOTHING
+
+    @property
+    def destructive(self) -> bool:
+        return bool(DESTRUCTIVE & set(self.steps))
+
+
+def check(world: World, *, adopt: bool) -> None:
+    """Refuse states where acting could lose data or touch what is not ours."""
+    ct, holder = world.ct, world.holder
+    if ct.exists and not ct.ours and not adopt:
+        raise PlanError(
+            f"CT {ct.vmid} exists but was not created by this pipeline (no 'meridian-pipeline' tag); "
+            "nothing was changed",
+            hint="check container.vmid in the site file, or pass --adopt to take it over",
+        )
+    if ct.mp0_elsewhere:
+        raise PlanError(
+            f"CT {ct.vmid}: mp0 is mounted at {ct.mp0_elsewhere}, not {CREDENTIALS_MOUNT}; "
+            "nothing was changed",
+            hint=f"the credentials volume must be mp0 at {CREDENTIALS_MOUNT}",
+        )
+    if ct.exists and not ct.ours and not ct.volume:
+        raise PlanError(
+            f"CT {ct.vmid} has no credentials volume (mp0 at {CREDENTIALS_MOUNT}): its OAuth "
+            "credentials live on its root disk and a replace would delete them; nothing was changed",
+            hint=f"move {CREDENTIALS_MOUNT} onto a mount point mp0 first, then rerun with --adopt",
+        )
+    if holder.exists and not (holder.ours and holder.holder):
+        raise PlanError(
+            f"CT {holder.vmid} exists but is not this pipeline's holder container; nothing was changed",
+            hint="choose a free container.holder_vmid in the site file",
+        )
+    if holder.running:
+        raise PlanError(
+            f"holder CT {holder.vmid} is running; it must never run; nothing was changed",
+            hint=f"shut it down (pct shutdown {holder.vmid}) and rerun",
+        )
+    for c in (ct, holder):
+        if c.lock:
+            raise PlanError(
+                f"{c.describe()}; {world.volume_location()}; nothing was changed",
+                hint=f"wait for the task holding the lock, or `pct unlock {c.vmid}` if none runs",
+            )
+    if ct.volume and holder.volume:
+        raise PlanError(f"both CT {ct.vmid} and CT {holder.vmid} carry an mp0 volume; "
+                        "resolve by hand, nothing was changed")
+    if world.volume_known and not ct.volume and not holder.volume:
+        raise PlanError(
+            f"the credentials volume is neither on CT {ct.vmid} nor on CT {holder.vmid}, but the "
+            "journal records one; refusing to create an empty one; nothing was changed",
+            hint="find it (pvesm list <storage>) and attach it as mp0 of either CT",
+        )
+
+
+def next_step(world: World, target: TemplateRef) -> str | None:
+    ct, holder = world.ct, world.holder
+    outdated = ct.exists and ct.template != target
+    volume_parked = bool(holder.volume) and not ct.volume
+    if not world.uploaded:
+        return "upload"
+    if not holder.exists:
+        return "holder"
+    if ct.exists and ct.running and (outdated or volume_parked):
+        return "stop"
+    if outdated and ct.volume:
+        return "park"
+    if outdated:
+        return "delete"
+    if not ct.exists:
+        return "create"
+    if volume_parked:
+        return "unpark"
+    if not ct.running:
+        return "start"
+    if not world.seeded:
+        return "seed"
+    if not world.gated:
+        return "gate"
+    return None
+
+
+def simulate(world: World, step: str, target: TemplateRef) -> World:
+    """The model's effect of ``step``: what the real step must achieve."""
+    ct, holder = world.ct, world.holder
+    if step == "upload":
+        return replace(world, uploaded=True)
+    if step == "holder":
+        return with_holder(world, exists=True, ours=True, holder=True)
+    if step == "stop":
+        return with_ct(world, running=False)
+    if step == "park":
+        return with_ct(with_holder(world, volume=ct.volume), volume=None)
+    if step == "delete":
+        return replace(world, ct=CT(ct.vmid), seeded=False, gated=False)
+    if step == "create":
+        fresh = None if holder.volume else "(new volume)"
+        new = CT(ct.vmid, exists=True, ours=True, template=target, volume=fresh)
+        return replace(world, ct=new, seeded=False, gated=False, volume_known=True)
+    if step == "unpark":
+        return with_holder(with_ct(world, volume=holder.volume), volume=None)
+    if step == "start":
+        return with_ct(world, running=True)
+    if step == "seed":
+        return replace(world, seeded=True)
+    if step == "gate":
+        return replace(world, gated=True)
+    raise ValueError(step)
+
+
+def make_plan(world: World, target: TemplateRef, *, adopt: bool) -> Plan:
+    """The steps from ``world`` to a gated container from ``target``, as printable lines."""
+    check(world, adopt=adopt)
+    names = {"ct": world.ct.vmid, "holder": world.holder.vmid, "target": target.name}
+    steps: list[str] = []
+    for _ in range(len(STEPS) + 1):
+        name = next_step(world, target)
+        if name is None:
+            break
+        steps.append(name)
+        world = simulate(world, name, target)
+    else:
+        raise AssertionError(f"plan does not converge: {steps}")
+    return Plan(tuple(steps), tuple(STEPS[s].format(**names) for s in steps))

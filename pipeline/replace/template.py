@@ -1,0 +1,97 @@
+"""The template to deploy: a ``.tar.zst`` file, or a build output directory with manifest.json.
+
+On the storage it is named after its content (``meridian_1.2_amd64-<sha12>.tar.zst``): a
+rebuilt template never overwrites the one the running container came from, so a rollback
+always finds the previous template.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+SUFFIX = ".tar.zst"
+
+
+@dataclass(frozen=True)
+class TemplateRef:
+    """A template as recorded on a container: its storage file name and sha256."""
+
+    name: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class LocalTemplate:
+    path: Path
+    ref: TemplateRef
+    size: int
+
+
+def storage_name(path: Path, sha256: str) -> str:
+    stem = path.name[: -len(SUFFIX)]
+    return f"{stem}-{sha256[:12]}{SUFFIX}"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve(given: Path) -> LocalTemplate:
+    """Find the template file named by ``--template`` and hash it."""
+    path = _template_file(given)
+    sha = sha256_of(path)
+    return LocalTemplate(path=path, ref=TemplateRef(storage_name(path, sha), sha), size=path.stat().st_size)
+
+
+def _template_file(given: Path) -> Path:
+    if given.is_dir():
+        return _from_manifest(given)
+    if not given.is_file():
+        raise PipelineError(f"--template {given}: no such file or directory")
+    if not given.name.endswith(SUFFIX):
+        raise PipelineError(
+            f"--template {given}: not a {SUFFIX} file", hint="give the template or the build output dir"
+        )
+    return given
+
+
+def _from_manifest(out_dir: Path) -> Path:
+    manifest = out_dir / "manifest.json"
+    try:
+        data = json.loads(manifest.read_text())
+    except OSError as exc:
+        raise PipelineError(
+            f"--template {out_dir}: cannot read {manifest}: {exc.strerror}",
+            hint="give a build output directory (python -m pipeline build --out DIR) or a .tar.zst",
+        ) from None
+    except ValueError as exc:
+        raise PipelineError(f"{manifest}: not valid JSON: {exc}") from None
+    name = _manifest_template_name(data)
+    if not name:
+        found = sorted(out_dir.glob(f"*{SUFFIX}"))
+        if len(found) != 1:
+            raise PipelineError(f"{manifest}: names no template, and {out_dir} holds {len(found)} {SUFFIX} files")
+        return found[0]
+    path = out_dir / name
+    if not path.is_file():
+        raise PipelineError(f"{manifest}: template {name!r} is not in {out_dir}")
+    return path
+
+
+def _manifest_template_name(data: object) -> str | None:
+    """The template file name in a build manifest (``template`` as a name or {file|name|path})."""
+    if not isinstance(data, dict):
+        return None
+    entry = data.get("template")
+    if isinstance(entry, dict):
+        entry = entry.get("file") or entry.get("name") or entry.get("path")
+    return Path(entry).name if isinstance(entry, str) else None

@@ -1,0 +1,137 @@
+"""The replace plan: which steps from which state, and which states it refuses (no lab needed)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from pipeline.replace.plan import (
+    EXIT_CHANGES,
+    EXIT_NOTHING,
+    PlanError,
+    make_plan,
+    next_step,
+    simulate,
+)
+from pipeline.replace.state import CT, World
+from pipeline.replace.template import TemplateRef
+
+OLD = TemplateRef("meridian_1_amd64-aaaaaaaaaaaa.tar.zst", "a" * 64)
+NEW = TemplateRef("meridian_2_amd64-bbbbbbbbbbbb.tar.zst", "b" * 64)
+VOL = "local-lvm:vm-457-disk-1"
+PARKED = "local-lvm:vm-9457-disk-1"
+
+
+def ct(**kw) -> CT:
+    base = {"exists": True, "ours": True, "running": True, "template": OLD, "volume": VOL}
+    return CT(457, **{**base, **kw})
+
+
+def holder(**kw) -> CT:
+    return CT(9457, **{"exists": True, "ours": True, "holder": True, **kw})
+
+
+DEPLOYED = World(ct=ct(), holder=holder(), uploaded=True, seeded=True, gated=True, volume_known=True)
+
+REPLACE = ("stop", "park", "delete", "create", "unpark", "start", "seed", "gate")
+
+
+@pytest.mark.parametrize(
+    ("world", "target", "expected"),
+    [
+        pytest.param(World(ct=CT(457), holder=CT(9457)), NEW,
+                     ("upload", "holder", "create", "start", "seed", "gate"), id="first-deploy"),
+        pytest.param(DEPLOYED, OLD, (), id="nothing-to-do"),
+        pytest.param(replace(DEPLOYED, uploaded=False), NEW,
+                     ("upload", *REPLACE), id="replace"),
+        pytest.param(World(ct=ct(running=False), holder=holder(), uploaded=True, volume_known=True),
+                     OLD, ("start", "seed", "gate"), id="stopped-same-template"),
+        pytest.param(World(ct=CT(457), holder=holder(volume=PARKED), uploaded=True, volume_known=True),
+                     NEW, ("create", "unpark", "start", "seed", "gate"), id="crash-after-delete"),
+        pytest.param(World(ct=ct(template=NEW, volume=None, running=False), holder=holder(volume=PARKED),
+                           uploaded=True, volume_known=True),
+                     NEW, ("unpark", "start", "seed", "gate"), id="crash-after-create"),
+        pytest.param(World(ct=ct(template=NEW, volume=None, running=True), holder=holder(volume=PARKED),
+                           uploaded=True, volume_known=True),
+                     NEW, ("stop", "unpark", "start", "seed", "gate"), id="started-without-volume"),
+        pytest.param(World(ct=ct(template=NEW), holder=holder(), uploaded=True, seeded=True,
+                           volume_known=True),
+                     NEW, ("gate",), id="crash-before-gate"),
+    ],
+)
+def test_plan_steps(world: World, target: TemplateRef, expected: tuple[str, ...]) -> None:
+    plan = make_plan(world, target, adopt=False)
+    assert plan.steps == expected
+    assert plan.exit_code == (EXIT_CHANGES if expected else EXIT_NOTHING)
+    assert len(plan.lines) == len(expected)
+
+
+def test_create_after_first_deploy_carries_a_new_volume_only_when_none_is_parked() -> None:
+    first = simulate(World(ct=CT(457), holder=holder(), uploaded=True), "create", NEW)
+    assert first.ct.volume == "(new volume)"
+    again = simulate(World(ct=CT(457), holder=holder(volume=PARKED), uploaded=True), "create", NEW)
+    assert again.ct.volume is None and again.holder.volume == PARKED
+
+
+def _replace_states() -> list[World]:
+    """Every state a replace passes through, as a crash would leave it."""
+    world = replace(DEPLOYED, uploaded=False)
+    states = [world]
+    for _ in range(20):
+        step = next_step(world, NEW)
+        if step is None:
+            return states
+        world = simulate(world, step, NEW)
+        states.append(world)
+    raise AssertionError("no convergence")
+
+
+@pytest.mark.parametrize("start", _replace_states(), ids=lambda w: w.summary())
+def test_rerun_from_any_state_converges_and_never_deletes_the_volume(start: World) -> None:
+    world = start
+    for _ in range(20):
+        make_plan(world, NEW, adopt=False)  # every intermediate state is acceptable to rerun
+        step = next_step(world, NEW)
+        if step is None:
+            break
+        if step == "delete":
+            assert world.ct.volume is None and world.holder.volume
+        world = simulate(world, step, NEW)
+    assert world.ct.template == NEW and world.ct.running and world.gated
+    assert world.ct.volume and not world.holder.volume
+
+
+@pytest.mark.parametrize(
+    ("world", "adopt", "message"),
+    [
+        pytest.param(World(ct=ct(ours=False), holder=CT(9457)), False,
+                     "CT 457 exists but was not created by this pipeline", id="not-ours"),
+        pytest.param(World(ct=ct(ours=False, volume=None), holder=CT(9457)), True,
+                     "CT 457 has no credentials volume", id="adopt-without-volume"),
+        pytest.param(World(ct=ct(volume=None, mp0_elsewhere="/srv"), holder=CT(9457)), False,
+                     "CT 457: mp0 is mounted at /srv, not /var/lib/meridian", id="mp0-elsewhere"),
+        pytest.param(World(ct=ct(), holder=CT(9457, exists=True)), False,
+                     "CT 9457 exists but is not this pipeline's holder", id="holder-not-ours"),
+        pytest.param(World(ct=ct(), holder=holder(running=True)), False,
+                     "holder CT 9457 is running", id="holder-running"),
+        pytest.param(World(ct=ct(lock="backup"), holder=holder()), False,
+                     "CT 457 is running, locked (backup); credentials volume "
+                     "local-lvm:vm-457-disk-1 is on CT 457", id="locked"),
+        pytest.param(World(ct=ct(), holder=holder(volume=PARKED)), False,
+                     "both CT 457 and CT 9457 carry an mp0 volume", id="two-volumes"),
+        pytest.param(World(ct=CT(457), holder=holder(), volume_known=True), False,
+                     "the credentials volume is neither on CT 457 nor on CT 9457", id="volume-lost"),
+    ],
+)
+def test_plan_refuses(world: World, adopt: bool, message: str) -> None:
+    with pytest.raises(PlanError) as err:
+        make_plan(world, NEW, adopt=adopt)
+    assert message in str(err.value)
+    assert "nothing was changed" in str(err.value)
+
+
+def test_adopt_takes_over_a_foreign_container_with_a_credentials_volume() -> None:
+    world = World(ct=ct(ours=False, template=None), holder=CT(9457), uploaded=True)
+    assert make_plan(world, NEW, adopt=True).steps == ("holder", *REPLACE)
+    assert make_plan(world, NEW, adopt=True).destructive
