@@ -1,0 +1,1 @@
+"""Acceptance suite for a deployed appliance (see conftest.py for how to run it)."""
