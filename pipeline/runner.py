@@ -63,12 +63,14 @@ def run(
     stdin: IO[bytes] | None = None,
     secrets: Iterable[str] = (),
     log: Path | None = None,
+    interactive: bool = False,
 ) -> subprocess.CompletedProcess:
     """Run argv; raise ToolError (quoted command, exit code, tail of output) unless allowed.
 
     With ``log`` the combined output goes to that file (for long build steps), else it
     is captured when ``capture`` is set or on failure-relevant commands. ``stdin`` streams
     an open file to the tool (large archives) instead of ``input`` held in memory.
+    ``interactive`` leaves the terminal to the tool (a login over ``ssh -t``): nothing captured.
     """
     args = [os.fspath(a) for a in argv]
     secrets = [s for s in secrets if s]
@@ -86,7 +88,7 @@ def run(
         else:
             proc = subprocess.run(
                 args, env=clean_env(env), cwd=cwd, timeout=timeout, input=input, stdin=stdin,
-                capture_output=True, text=text_mode,
+                capture_output=not interactive, text=text_mode,
             )
     except FileNotFoundError as exc:
         raise ToolError(f"command not found: {args[0]}", hint="run ./dev.sh setup") from exc
