@@ -1,0 +1,85 @@
+"""SSH into the new container as root with the deploy key (OpenSSH client, via runner.run).
+
+Proxmox writes the deploy key into root's authorized_keys at create (``ssh-public-keys``)
+and regenerates the host keys, so every deployment gets its own known_hosts file
+(accept-new: the first key seen is pinned for the rest of that deployment).
+File contents travel on stdin: never in argv, logs or Proxmox storage.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import PipelineError, ToolError
+from pipeline.runner import run
+
+CONNECT_TIMEOUT = 5
+CONNECT_ATTEMPTS = 30
+RETRY_SECONDS = 2.0
+
+
+def ensure_deploy_key(state_dir: Path, comment: str) -> str:
+    """Create ``deploy_key`` (ed25519) in the state dir if missing; return the public key line."""
+    key = state_dir / "deploy_key"
+    if not key.exists():
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", key])
+    pub = key.with_name("deploy_key.pub")
+    if not pub.exists():
+        pub.write_text(run(["ssh-keygen", "-y", "-f", key], capture=True).stdout)
+    return pub.read_text().strip()
+
+
+@dataclass(frozen=True)
+class SSH:
+    address: str
+    key: Path
+    known_hosts: Path
+    user: str = "root"
+
+    def _argv(self, command: str) -> list[str]:
+        return [
+            "ssh", "-i", str(self.key), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+            "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=accept-new",
+            "-o", f"ConnectTimeout={CONNECT_TIMEOUT}", "-o", "LogLevel=ERROR",
+            f"{self.user}@{self.address}", command,
+        ]
+
+    def run(self, command: str | Sequence[str], *, input: bytes | None = None,
+            timeout: float = 120, check: Sequence[int] = (0,)) -> subprocess.CompletedProcess:
+        text = command if isinstance(command, str) else shlex.join(command)
+        return run(self._argv(text), input=input if input is not None else b"", timeout=timeout,
+                   check=check, capture=True)
+
+    def wait_ready(self) -> None:
+        """Retry until sshd answers with our key (bounded: attempts and time)."""
+        deadline = time.monotonic() + CONNECT_ATTEMPTS * (CONNECT_TIMEOUT + RETRY_SECONDS)
+        last = ""
+        for _ in range(CONNECT_ATTEMPTS):
+            try:
+                self.run("true", timeout=CONNECT_TIMEOUT + 10)
+                return
+            except ToolError as exc:
+                last = str(exc).splitlines()[-1] if str(exc) else ""
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(RETRY_SECONDS)
+        raise PipelineError(
+            f"SSH to root@{self.address} with {self.key} did not succeed after {CONNECT_ATTEMPTS} "
+            f"attempts: {last}",
+            hint="check that the container's address is reachable and sshd runs in the template",
+        )
+
+    def put(self, path: str, content: bytes, mode: int) -> None:
+        """Write ``content`` to ``path`` atomically with ``mode`` (root-owned)."""
+        tmp = f"{path}.replace-ct.tmp"
+        script = (
+            f"umask 077 && mkdir -p {shlex.quote(str(Path(path).parent))} && "
+            f"cat > {shlex.quote(tmp)} && chmod {mode:o} {shlex.quote(tmp)} && "
+            f"mv -f {shlex.quote(tmp)} {shlex.quote(path)}"
+        )
+        self.run(["sh", "-c", script], input=content)
