@@ -40,7 +40,7 @@ def test_sysext_merged(host, layer):
 def test_sysext_version_matches_manifest(host, manifest, layer):
     release = host.file(f"/usr/lib/extension-release.d/extension-release.{layer}").content_string
     fields = dict(line.split("=", 1) for line in release.splitlines() if "=" in line)
-    assert fields.get("SYSEXT_VERSION_ID", "").strip('"') == manifest["layers"][layer]["version"]
+    assert fields.get("SYSEXT_VERSION_ID", "").strip('"') == manifest["components"][layer]
 
 
 @pytest.mark.parametrize(("name", "uid", "home"), USERS, ids=[u[0] for u in USERS])
