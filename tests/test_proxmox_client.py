@@ -1,0 +1,273 @@
+"""The Proxmox client over real HTTPS on loopback: TLS verification, error texts, task waits.
+
+A tiny canned-response server stands in for single API answers (status codes, bodies,
+task states) so each error path is exercised exactly; behaviour against a whole API is
+covered by the lab integration tests.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import json
+import ssl
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from pipeline import proxmox
+from pipeline.config import TLS, Proxmox
+from pipeline.proxmox import Client, ProxmoxError, TaskError
+from pipeline.secrets import SecretSource
+
+UPID = "UPID:pve01:0000ABCD:00001234:65000000:vzcreate:457:pipeline@pve!lab:"
+SECRET = "0f6c1c2e-token-secret-for-tests"
+
+
+def _cert(name: str, issuer: tuple | None, *, ca: bool) -> tuple:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer[0].subject if issuer else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+    cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+    return cert, key
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+class Api:
+    """Canned answers by (method, path suffix); records requests."""
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, str], list[tuple[int, str, dict]]] = {}
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.bodies: list[bytes] = []
+
+    def on(self, method: str, suffix: str, *answers: tuple[int, str, dict]) -> None:
+        self.routes[(method, suffix)] = list(answers)
+
+    def answer(self, method: str, path: str) -> tuple[int, str, dict]:
+        for (m, suffix), answers in self.routes.items():
+            if m == method and path.split("?")[0].endswith(suffix):
+                return answers.pop(0) if len(answers) > 1 else answers[0]
+        return 501, "Not Implemented", {"data": None}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
+    d = tmp_path_factory.mktemp("pki")
+    ca = _cert("test CA", None, ca=True)
+    other_ca = _cert("other CA", None, ca=True)
+    server = _cert("127.0.0.1", ca, ca=False)
+    (d / "ca.pem").write_bytes(_pem(ca[0]))
+    (d / "other-ca.pem").write_bytes(_pem(other_ca[0]))
+    (d / "server.pem").write_bytes(_pem(server[0]))
+    (d / "server.key").write_bytes(server[1].private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    digest = hashlib.sha256(server[0].public_bytes(serialization.Encoding.DER)).hexdigest().upper()
+    return {"dir": d, "fingerprint": ":".join(digest[i:i + 2] for i in range(0, 64, 2))}
+
+
+@pytest.fixture
+def api(pki: dict) -> Iterator[tuple[Api, int]]:
+    state = Api()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            state.bodies.append(self.rfile.read(length))
+            state.requests.append((self.command, self.path, dict(self.headers)))
+            status, reason, body = state.answer(self.command, self.path)
+            payload = json.dumps(body).encode() if status != 401 else b""
+            self.send_response(status, reason)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = do_DELETE = _serve
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki["dir"] / "server.pem", pki["dir"] / "server.key")
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state, server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def _cfg(port: int, tls: TLS, tmp_path: Path) -> Proxmox:
+    secret = tmp_path / "token.secret"
+    secret.write_text(SECRET + "\n")
+    return Proxmox(host="127.0.0.1", port=port, node="pve01", token_id="pipeline@pve!lab",
+                   token_secret=SecretSource(file=secret), tls=tls, task_timeout=3)
+
+
+@pytest.fixture
+def client(api: tuple[Api, int], pki: dict, tmp_path: Path) -> tuple[Client, Api]:
+    state, port = api
+    return Client.from_site(_cfg(port, TLS(ca_file=pki["dir"] / "ca.pem"), tmp_path)), state
+
+
+def test_token_header_and_nodes(client: tuple[Client, Api]) -> None:
+    px, state = client
+    state.on("GET", "/nodes", (200, "OK", {"data": [{"node": "pve01"}]}))
+    assert px.nodes() == ["pve01"]
+    headers = state.requests[-1][2]
+    assert headers["Authorization"] == f"PVEAPIToken=pipeline@pve!lab={SECRET}"
+
+
+@pytest.mark.parametrize(
+    ("tls", "ok"),
+    [
+        pytest.param("ca", True, id="ca-file"),
+        pytest.param("fingerprint", True, id="fingerprint-pin"),
+        pytest.param("other-ca", False, id="wrong-ca"),
+        pytest.param("wrong-fingerprint", False, id="wrong-pin"),
+    ],
+)
+def test_tls_is_always_verified(api: tuple[Api, int], pki: dict, tmp_path: Path, tls: str, ok: bool) -> None:
+    state, port = api
+    state.on("GET", "/nodes", (200, "OK", {"data": [{"node": "pve01"}]}))
+    wrong = ":".join(["AB"] * 32)
+    chosen = {
+        "ca": TLS(ca_file=pki["dir"] / "ca.pem"),
+        "other-ca": TLS(ca_file=pki["dir"] / "other-ca.pem"),
+        "fingerprint": TLS(fingerprint=pki["fingerprint"]),
+        "wrong-fingerprint": TLS(fingerprint=wrong),
+    }[tls]
+    px = Client.from_site(_cfg(port, chosen, tmp_path))
+    if ok:
+        assert px.nodes() == ["pve01"]
+        return
+    with pytest.raises(ProxmoxError) as err:
+        px.nodes()
+    assert f"list nodes: TLS verification of https://127.0.0.1:{port} failed" in str(err.value)
+    assert "proxmox.tls" in str(err.value)
+    assert not state.requests, "no request may reach an unverified server"
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "body", "expected"),
+    [
+        pytest.param(401, "authentication failure", {}, "read config of CT 457: Proxmox answered 401: "
+                     "authentication failed for API token pipeline@pve!lab", id="bad-token"),
+        pytest.param(403, "Permission check failed (/vms/457, VM.Audit)", {"data": None},
+                     "read config of CT 457: Proxmox answered 403: Permission check failed "
+                     "(/vms/457, VM.Audit)", id="forbidden"),
+        pytest.param(400, "Parameter verification failed.",
+                     {"data": None, "errors": {"vmid": "invalid format - value does not look like a valid VM ID\n"}},
+                     "Proxmox answered 400: Parameter verification failed. "
+                     "(vmid: invalid format - value does not look like a valid VM ID)", id="bad-parameter"),
+        pytest.param(500, "Configuration file 'nodes/pve01/lxc/457.conf' does not exist", {"data": None},
+                     "read config of CT 457: Proxmox answered 500: Configuration file "
+                     "'nodes/pve01/lxc/457.conf' does not exist", id="missing"),
+    ],
+)
+def test_api_errors_name_what_failed(client: tuple[Client, Api], status: int, reason: str, body: dict,
+                                     expected: str) -> None:
+    px, state = client
+    state.on("GET", "/lxc/457/config", (status, reason, body))
+    with pytest.raises(ProxmoxError) as err:
+        px.ct_config(457)
+    assert expected in str(err.value)
+    assert err.value.status == status
+    assert SECRET not in str(err.value)
+
+
+def test_bad_token_hint_names_the_secret_source(client: tuple[Client, Api]) -> None:
+    px, state = client
+    state.on("GET", "/nodes", (401, "authentication failure", {}))
+    with pytest.raises(ProxmoxError) as err:
+        px.nodes()
+    assert "check the token secret (file " in str(err.value)
+
+
+def _status(*states: tuple[str, str | None]) -> list[tuple[int, str, dict]]:
+    return [(200, "OK", {"data": {"status": s, "exitstatus": e}}) for s, e in states]
+
+
+@pytest.mark.parametrize(
+    "exitstatus", ["OK", "WARNINGS: 1"],
+)
+def test_wait_task_success(client: tuple[Client, Api], monkeypatch: pytest.MonkeyPatch, exitstatus: str) -> None:
+    px, state = client
+    monkeypatch.setattr(proxmox, "POLL_SECONDS", 0.05)
+    state.on("GET", "/status", *_status(("running", None), ("stopped", exitstatus)))
+    assert px.wait_task(UPID, what="create CT 457") == exitstatus
+
+
+def test_wait_task_failure_carries_the_log(client: tuple[Client, Api], monkeypatch: pytest.MonkeyPatch) -> None:
+    px, state = client
+    monkeypatch.setattr(proxmox, "POLL_SECONDS", 0.05)
+    state.on("GET", "/status", *_status(("stopped", "CT is locked (backup)")))
+    lines = [{"n": i, "t": f"line {i}"} for i in range(1, 31)] + [{"n": 31, "t": "TASK ERROR: CT is locked (backup)"}]
+    state.on("GET", "/log", (200, "OK", {"data": lines}))
+    with pytest.raises(TaskError) as err:
+        px.wait_task(UPID, what="start of CT 457")
+    text = str(err.value)
+    assert text.startswith("start of CT 457 failed: CT is locked (backup)")
+    assert "TASK ERROR: CT is locked (backup)" in text and "line 17" in text and "line 16\n" not in text
+    assert err.value.exitstatus == "CT is locked (backup)"
+
+
+def test_wait_task_times_out(client: tuple[Client, Api], monkeypatch: pytest.MonkeyPatch) -> None:
+    px, state = client
+    monkeypatch.setattr(proxmox, "POLL_SECONDS", 0.1)
+    state.on("GET", "/status", *_status(("running", None)))
+    state.on("GET", "/log", (200, "OK", {"data": [{"n": 1, "t": "extracting archive"}]}))
+    with pytest.raises(TaskError) as err:
+        px.wait_task(UPID, what="create CT 457", timeout=0.5)
+    assert str(err.value).startswith(f"create CT 457: task still running after 0s ({UPID})")
+    assert "extracting archive" in str(err.value)
+
+
+@pytest.mark.parametrize("bad", ["", "not-a-upid", "UPID"])
+def test_wait_task_rejects_non_upids(client: tuple[Client, Api], bad: str) -> None:
+    with pytest.raises(ProxmoxError, match="is not a task id"):
+        client[0].wait_task(bad, what="x")
+
+
+def test_upload_sends_checksum_fields_before_the_file(client: tuple[Client, Api], tmp_path: Path) -> None:
+    px, state = client
+    state.on("POST", "/storage/local/upload", (200, "OK", {"data": UPID}))
+    path = tmp_path / "t.tar.zst"
+    path.write_bytes(b"template bytes")
+    assert px.upload_template("local", path, "meridian_1-abc.tar.zst", "ab" * 32) == UPID
+    method, url, headers = state.requests[-1]
+    assert method == "POST" and url.endswith("/nodes/pve01/storage/local/upload")
+    assert headers["Content-Type"].startswith("multipart/form-data")
+    body = state.bodies[-1]
+    order = [body.index(f'name="{n}"'.encode()) for n in ("content", "checksum-algorithm", "checksum")]
+    file_part = body.index(b'name="filename"; filename="meridian_1-abc.tar.zst"')
+    assert order == sorted(order) and max(order) < file_part
+    assert b"template bytes" in body and ("ab" * 32).encode() in body
