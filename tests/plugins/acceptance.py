@@ -1,0 +1,90 @@
+"""Fixtures and helpers to deploy the lab site and run the acceptance suite against it.
+
+The suite runs as a subprocess (as a user would run it) with JUnit XML; callers compare the
+names of the failed checks. Everything is sent only to the lab container's address.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import REPO_ROOT, Site, load_site
+from pipeline.replace.gate import failed_checks
+from pipeline.replace.ssh import SSH
+from pipeline.runner import run, tail
+
+LAB_SITE = REPO_ROOT / "sites" / "lab.yml"
+STANDIN = REPO_ROOT / "tests" / "fixtures" / "meridian-standin"
+DEPLOY_TIMEOUT = 1800
+SUITE_TIMEOUT = 900
+
+
+def _env() -> dict[str, str]:
+    """The lab site's master key variable (runner passes nothing else through)."""
+    return {"MERIDIAN_LAB_MASTER_KEY": os.environ["MERIDIAN_LAB_MASTER_KEY"]}
+
+
+def pipeline_cli(args: list[str], log: Path, timeout: float = DEPLOY_TIMEOUT) -> None:
+    """``python -m pipeline ARGS``, output in ``log``; raises with the log's tail on failure."""
+    run([sys.executable, "-m", "pipeline", *args], env=_env(), cwd=REPO_ROOT, timeout=timeout, log=log)
+
+
+def replace_ct(site: Path, template: Path, out: Path) -> dict:
+    """Deploy ``template`` with replace-ct and return its JSON report."""
+    report = out / "replace-report.json"
+    pipeline_cli(["replace-ct", "--site", str(site), "--template", str(template), "--yes",
+                  "--json", str(report)], log=out / "replace-ct.log")
+    return json.loads(report.read_text())
+
+
+def acceptance(site: Path, marker: str, out: Path) -> list[str]:
+    """Run ``pytest acceptance/ --site SITE -m MARKER``; return the failed checks' names."""
+    out.mkdir(parents=True, exist_ok=True)
+    junit, log = out / f"acceptance-{marker}.xml", out / f"acceptance-{marker}.log"
+    junit.unlink(missing_ok=True)
+    log.write_text("")
+    proc = run([sys.executable, "-m", "pytest", str(REPO_ROOT / "acceptance"), "--site", str(site),
+                "-m", marker, f"--junitxml={junit}", "-p", "no:cacheprovider", "-q"],
+               env=_env(), cwd=REPO_ROOT, timeout=SUITE_TIMEOUT, check=range(256), log=log)
+    failed = [name.split("::")[-1] for name in failed_checks(junit)] if junit.exists() else []
+    if proc.returncode != 0 and not failed:
+        raise AssertionError(f"acceptance exited {proc.returncode} without a failed check:\n"
+                             f"{tail(log.read_text(errors='replace'))}")
+    return failed
+
+
+@dataclass(frozen=True)
+class Lab:
+    """The deployed lab container, reached as the admin user with the deploy key."""
+
+    site_file: Path
+    site: Site
+    ssh: SSH
+
+    def root(self, command: str, stdin: bytes = b"", timeout: float = 120) -> str:
+        return self.ssh.run(["sudo", "-n", "sh", "-c", command], input=stdin, timeout=timeout).stdout
+
+    def fake_login(self) -> None:
+        """The stand-in's test device: dummy credentials so `claude auth status` says logged in."""
+        self.root("sh -s meridian", stdin=(STANDIN / "fake-login").read_bytes())
+
+
+def lab_ssh(site_file: Path, known_hosts: Path) -> Lab:
+    site = load_site(site_file)
+    ssh = SSH(site.container.network.ip, site.site_state_dir / "deploy_key", known_hosts,
+              site.admin.user)
+    return Lab(site_file, site, ssh)
+
+
+@pytest.fixture(scope="module")
+def lab_deployed(lab_build: Path, lab_server, tmp_path_factory: pytest.TempPathFactory) -> Lab:
+    """The lab site's template deployed as CT 457 (created or replaced), for one test module."""
+    out = tmp_path_factory.mktemp("deploy")
+    replace_ct(LAB_SITE, lab_build, out)
+    return lab_ssh(LAB_SITE, out / "known_hosts")
