@@ -8,6 +8,7 @@ import secrets
 pytest_plugins = [
     "tests.plugins.build",
     "tests.plugins.lab",
+    "tests.plugins.acceptance",
 ]
 
 # The lab site reads its LiteLLM master key from this variable. A fresh random key per
