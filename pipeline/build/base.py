@@ -1,0 +1,68 @@
+"""The Debian 12 base rootfs: mmdebstrap with the package list in image/base.toml.
+
+The base is only what Debian installs. The appliance's own files (image/rootfs/) are laid
+on a copy of it when the template is assembled, so editing a unit file does not rebuild
+the base or the litellm layer (whose venv uses the base's python3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.build.cache import Key
+from pipeline.build.context import BuildContext, read_toml
+from pipeline.progress import Skip, step
+from pipeline.runner import run
+
+
+@dataclass(frozen=True)
+class Base:
+    key: str
+    entry: Path
+    rebuilt: bool
+
+    @property
+    def rootfs(self) -> Path:
+        return self.entry / "rootfs"
+
+
+def base_key(ctx: BuildContext) -> str:
+    return Key("base").file("recipe", ctx.image_dir / "base.toml").file("code", Path(__file__)).hexdigest()
+
+
+def build(ctx: BuildContext) -> Base:
+    key = base_key(ctx)
+    cached = ctx.cache.has("base", "debian", key)
+    base = Base(key, ctx.cache.entry("base", "debian", key), rebuilt=not cached)
+    with step("bootstrap Debian base"):
+        if cached:
+            raise Skip(f"cached ({key[:12]})")
+        with ctx.cache.filling("base", "debian", key) as scratch:
+            mmdebstrap(ctx, scratch / "rootfs")
+        ctx.cache.prune("base", "debian")
+    return base
+
+
+def mmdebstrap(ctx: BuildContext, rootfs: Path) -> None:
+    recipe = read_toml(ctx.image_dir / "base.toml")
+    run([
+        "mmdebstrap", "--mode=root", f"--variant={recipe['variant']}",
+        f"--architectures={recipe['architecture']}",
+        "--include=" + ",".join(recipe["packages"]),
+        # Nothing the list does not name: the template stays small and predictable.
+        "--aptopt=APT::Install-Recommends \"false\"",
+        recipe["suite"], rootfs, *recipe["mirrors"],
+    ], log=ctx.log("mmdebstrap"), timeout=1800)
+
+
+def debian_packages(rootfs: Path) -> list[str]:
+    """``name=version`` of every installed package, read from dpkg's status file."""
+    packages = []
+    for stanza in (rootfs / "var/lib/dpkg/status").read_text().split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[0] != " "
+        )
+        if fields.get("Status") == "install ok installed":
+            packages.append(f"{fields['Package']}={fields['Version']}")
+    return sorted(packages)

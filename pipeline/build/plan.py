@@ -1,0 +1,132 @@
+"""The build, as one list of steps. Each step reuses its cached result when its inputs did
+not change, so a rebuild with nothing changed takes seconds. Example::
+
+    manifest = build(load_site("sites/lab.yml"), Path("build/lab"), Path("/var/cache/meridian-pipeline"))
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline.build import base as base_layer
+from pipeline.build import litellm, meridian, node, template
+from pipeline.build.cache import Cache, file_sha256
+from pipeline.build.context import BuildContext
+from pipeline.build.layers import Layer
+from pipeline.cloudinit import write_seed
+from pipeline.config import Site
+from pipeline.errors import PipelineError
+from pipeline.progress import step
+from pipeline.runner import require_tools
+
+TOOLS = {
+    "mmdebstrap": "the Debian base",
+    "systemd-nspawn": "the litellm venv, made by the base's python3",
+    "mksquashfs": "sysext .raw images",
+    "zstd": "template compression",
+    "tar": "the template",
+    "systemd-sysusers": "static service users in the template",
+    "systemd-tmpfiles": "state paths in the template",
+    "systemctl": "enabling units in the template",
+}
+CACHE_LOCK_WAIT = 3600  # seconds; another build on the same cache may be running
+
+
+def build(site: Site, out: Path, cache_root: Path, *, update_lock: bool = False) -> dict:
+    """Build everything for ``site`` into ``out``; returns the manifest written there."""
+    require_tools(TOOLS)
+    ctx = BuildContext(site=site, out=out, cache=Cache(cache_root))
+    out.mkdir(parents=True, exist_ok=True)
+    with cache_lock(cache_root):
+        base = base_layer.build(ctx)
+        node_layer = node.build(ctx)
+        if update_lock:
+            with step("update Meridian lock file"):
+                meridian.update_lock(ctx, node_layer)
+        layers = {
+            "node": node_layer,
+            "litellm": litellm.build(ctx, base),
+            "meridian": meridian.build(ctx, node_layer),
+        }
+        tmpl = template.build(ctx, base, layers)
+        with step("export template and sysext images"):
+            artifacts = export(ctx, tmpl, layers)
+    with step("write cloud-init seed"):
+        seed = write_seed(site, out / "seed", instance_id=f"{tmpl.name}-{tmpl.version}")
+        artifacts += [artifact(out, "seed", path) for path in seed]
+    with step("write manifest"):
+        doc = manifest(tmpl, base, layers, artifacts)
+        (out / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
+def export(ctx: BuildContext, tmpl: template.Template, layers: dict[str, Layer]) -> list[dict]:
+    """Place the template and the .raw images in ``out`` (hard links to the cache when it is
+    on the same file system) and drop templates of earlier builds."""
+    for old in ctx.out.glob(f"{tmpl.name}_*_amd64.tar.zst"):
+        if old.name != tmpl.filename:
+            old.unlink()
+    found = [artifact(ctx.out, "template", place(tmpl.path, ctx.out / tmpl.filename))]
+    for _name, layer in sorted(layers.items()):
+        found.append(artifact(ctx.out, "sysext", place(layer.raw, ctx.out / "sysext" / layer.raw.name)))
+    return found
+
+
+def place(src: Path, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and os.path.samefile(src, dest):
+        return dest
+    dest.unlink(missing_ok=True)
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+    return dest
+
+
+def artifact(out: Path, kind: str, path: Path) -> dict:
+    return {"kind": kind, "path": path.relative_to(out).as_posix(), "sha256": file_sha256(path)}
+
+
+def manifest(tmpl: template.Template, base: base_layer.Base, layers: dict[str, Layer],
+             artifacts: list[dict]) -> dict:
+    inside = tmpl.image_manifest
+    return {
+        "template": {"name": tmpl.name, "version": tmpl.version, "file": tmpl.filename,
+                     "key": tmpl.key, "rebuilt": tmpl.rebuilt},
+        "artifacts": artifacts,
+        "components": {k: v for k, v in inside["components"].items() if k != "meridian-package"},
+        "meridian_package": inside["components"].get("meridian-package"),
+        "base": {"key": base.key, "rebuilt": base.rebuilt},
+        "layers": {name: {"key": layer.key, "rebuilt": layer.rebuilt}
+                   for name, layer in sorted(layers.items())},
+        "debian_packages": inside["debian_packages"],
+    }
+
+
+@contextmanager
+def cache_lock(cache_root: Path) -> Iterator[None]:
+    """One build at a time per cache (bounded wait: the other build may be long)."""
+    cache_root.mkdir(parents=True, exist_ok=True)
+    with open(cache_root / ".lock", "w") as fh:
+        deadline = time.monotonic() + CACHE_LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PipelineError(f"{cache_root} is locked by another build for "
+                                        f"{CACHE_LOCK_WAIT}s", hint="wait for it, or use --cache") from None
+                time.sleep(2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
