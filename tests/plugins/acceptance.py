@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.config import REPO_ROOT, Site, load_site
 from pipeline.replace.gate import failed_checks
@@ -23,6 +25,7 @@ LAB_SITE = REPO_ROOT / "sites" / "lab.yml"
 STANDIN = REPO_ROOT / "tests" / "fixtures" / "meridian-standin"
 DEPLOY_TIMEOUT = 1800
 SUITE_TIMEOUT = 900
+BUMPED_VERSION = "1.40.0-standin.2"
 
 
 def _env() -> dict[str, str]:
@@ -57,6 +60,21 @@ def acceptance(site: Path, marker: str, out: Path) -> list[str]:
         raise AssertionError(f"acceptance exited {proc.returncode} without a failed check:\n"
                              f"{tail(log.read_text(errors='replace'))}")
     return failed
+
+
+def bumped_site(tmp: Path) -> Path:
+    """A copy of the stand-in at BUMPED_VERSION, and a copy of the lab site that installs it
+    (with its own lock file, written by ``build --update-lock``)."""
+    package = tmp / "meridian-standin"
+    shutil.copytree(STANDIN, package)
+    meta = json.loads((package / "package.json").read_text())
+    meta["version"] = BUMPED_VERSION
+    (package / "package.json").write_text(json.dumps(meta, indent=2) + "\n")
+    site = yaml.safe_load(LAB_SITE.read_text())
+    site["image"]["meridian"] = {"source": str(package), "lockfile": str(tmp / "standin.lock.json")}
+    path = tmp / "lab-bumped.yml"
+    path.write_text(yaml.safe_dump(site, sort_keys=False))
+    return path
 
 
 @dataclass(frozen=True)
