@@ -71,10 +71,9 @@ def _run(args: argparse.Namespace) -> int:
     px = Client.from_site(site.proxmox)
     preflight(px, site)
     site.site_state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    pub = ensure_deploy_key(site.site_state_dir, f"meridian-pipeline-deploy@{site.name}")
     with locked(site.site_state_dir):
         ctx = Context(site=site, px=px, journal=Journal(site.site_state_dir), master_key=key,
-                      deploy_key=pub, suite=args.acceptance, adopt=args.adopt, local=local)
+                      suite=args.acceptance, adopt=args.adopt, local=local)
         return _deploy(ctx, args)
 
 
@@ -114,6 +113,7 @@ def _deploy(ctx: Context, args: argparse.Namespace) -> int:
         return EXIT_NOTHING
     if plan.destructive:
         _confirm(args.yes, ctx.vmid)
+    ctx.deploy_key = ensure_deploy_key(ctx.state_dir, f"meridian-pipeline-deploy@{ctx.site.name}")
     op = journal.begin(target, previous)
     try:
         converge(ctx, TemplateRef(**op["target"]))

@@ -60,6 +60,8 @@ class Journal:
         op = self.op
         if op and op["phase"] == "rollback":
             return op
+        if not op:
+            self.data.pop("down_since", None)  # a fresh operation measures its own downtime
         self.data["op"] = {
             "id": op["id"] if op else time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
             "phase": "deploy",

@@ -46,8 +46,8 @@ class Context:
     px: Client
     journal: Journal
     master_key: str
-    deploy_key: str  # public key line
     suite: Path
+    deploy_key: str = ""  # public key line, made once the plan is confirmed
     adopt: bool = False
     local: LocalTemplate | None = None
     downtime: dict[str, float] = field(default_factory=dict)
