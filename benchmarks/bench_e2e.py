@@ -1,0 +1,76 @@
+"""End-to-end numbers on the lab, in one run (as root, lab up: `python -m lab up`):
+
+    .venv/bin/python -m benchmarks.bench_e2e
+
+cold build (empty cache, downloads included), warm rebuild with nothing changed, rebuild
+after one version bump (the Meridian stand-in's, relock included), replace downtime (from
+replace-ct's --json report), acceptance duration (image tier) and template size. It deploys
+CT 457 of the lab site twice; the cold cache lives in a scratch folder that is removed after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.plugins.acceptance import LAB_SITE, acceptance, bumped_site, pipeline_cli, replace_ct
+
+MIB = 1024 * 1024
+
+
+def timed(action: Callable[[], object]) -> tuple[float, object]:
+    start = time.monotonic()
+    result = action()
+    return time.monotonic() - start, result
+
+
+def build(site: Path, out: Path, cache: Path, *extra: str) -> dict:
+    pipeline_cli(["build", "--site", str(site), "--out", str(out), "--cache", str(cache), *extra],
+                 log=out.with_suffix(".log"))
+    return json.loads((out / "manifest.json").read_text())
+
+
+def template_size(out: Path, doc: dict) -> int:
+    (template,) = [a for a in doc["artifacts"] if a["kind"] == "template"]
+    return (out / template["path"]).stat().st_size
+
+
+def rebuilt(doc: dict) -> str:
+    return ", ".join(name for name, layer in doc["layers"].items() if layer["rebuilt"]) or "none"
+
+
+def main() -> None:
+    os.environ.setdefault("MERIDIAN_LAB_MASTER_KEY", "sk-" + secrets.token_urlsafe(32))
+    scratch = Path(tempfile.mkdtemp(prefix="bench-e2e-", dir="/var/tmp"))
+    try:
+        cache = scratch / "cache"
+        cold_s, cold = timed(lambda: build(LAB_SITE, scratch / "cold", cache))
+        size = template_size(scratch / "cold", cold)
+        warm_s, warm = timed(lambda: build(LAB_SITE, scratch / "warm", cache))
+        bumped = bumped_site(scratch)
+        bump_s, bump = timed(lambda: build(bumped, scratch / "bumped", cache, "--update-lock"))
+        (scratch / "deploy-1").mkdir()
+        first_s, _ = timed(lambda: replace_ct(LAB_SITE, scratch / "cold", scratch / "deploy-1"))
+        accept_s, failed = timed(lambda: acceptance(LAB_SITE, "image", scratch / "accept"))
+        (scratch / "deploy-2").mkdir()
+        replace_s, report = timed(lambda: replace_ct(bumped, scratch / "bumped", scratch / "deploy-2"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"cold build (empty cache)          {cold_s:8.1f} s")
+    print(f"warm rebuild (nothing changed)    {warm_s:8.1f} s   layers rebuilt: {rebuilt(warm)}")
+    print(f"rebuild after one version bump    {bump_s:8.1f} s   layers rebuilt: {rebuilt(bump)}")
+    print(f"first deploy (replace-ct)         {first_s:8.1f} s")
+    print(f"replace downtime                  {report['downtime_seconds']:8.1f} s   "
+          f"(replace-ct total {replace_s:.1f} s, outcome {report['outcome']})")
+    print(f"acceptance, image tier            {accept_s:8.1f} s   failed: {len(failed)}")
+    print(f"template size (.tar.zst)          {size / MIB:8.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
