@@ -74,6 +74,16 @@ def test_template_from_build_dir_is_named_after_its_content(tmp_path: Path) -> N
     assert found.ref.name == f"meridian_1.0_amd64-{found.ref.sha256[:12]}.tar.zst" and found.size == 10
 
 
+def test_template_changed_after_the_build_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "m_1_amd64.tar.zst").write_bytes(b"rebuilt by hand")
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "template": {"file": "m_1_amd64.tar.zst"},
+        "artifacts": [{"kind": "template", "path": "m_1_amd64.tar.zst", "sha256": "0" * 64}],
+    }))
+    with pytest.raises(PipelineError, match=r"m_1_amd64\.tar\.zst: sha256 .* differs from 000000000000"):
+        template.resolve(tmp_path)
+
+
 @pytest.mark.parametrize(
     ("files", "given", "message"),
     [

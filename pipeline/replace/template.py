@@ -49,6 +49,12 @@ def resolve(given: Path) -> LocalTemplate:
     """Find the template file named by ``--template`` and hash it."""
     path = _template_file(given)
     sha = sha256_of(path)
+    recorded = _recorded_sha256(given, path) if given.is_dir() else None
+    if recorded and recorded != sha:
+        raise PipelineError(
+            f"{path}: sha256 {sha[:12]}... differs from {recorded[:12]}... in {given / 'manifest.json'}",
+            hint="the file changed after the build; rebuild it",
+        )
     return LocalTemplate(path=path, ref=TemplateRef(storage_name(path, sha), sha), size=path.stat().st_size)
 
 
@@ -85,6 +91,17 @@ def _from_manifest(out_dir: Path) -> Path:
     if not path.is_file():
         raise PipelineError(f"{manifest}: template {name!r} is not in {out_dir}")
     return path
+
+
+def _recorded_sha256(out_dir: Path, path: Path) -> str | None:
+    """The sha256 the build recorded for the template (``artifacts`` entry of kind template)."""
+    data = json.loads((out_dir / "manifest.json").read_text())
+    for entry in data.get("artifacts", []) if isinstance(data, dict) else []:
+        if not isinstance(entry, dict) or entry.get("kind") != "template":
+            continue
+        if Path(entry.get("path", "")).name == path.name:
+            return entry.get("sha256")
+    return None
 
 
 def _manifest_template_name(data: object) -> str | None:
