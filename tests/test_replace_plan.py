@@ -32,7 +32,7 @@ def holder(**kw) -> CT:
     return CT(9457, **{"exists": True, "ours": True, "holder": True, **kw})
 
 
-DEPLOYED = World(ct=ct(), holder=holder(), uploaded=True, seeded=True, gated=True, volume_known=True)
+DEPLOYED = World(ct=ct(), holder=holder(), uploaded=True, seeded=True, gated=True, volume_known=True, known=True)
 
 REPLACE = ("stop", "park", "delete", "create", "unpark", "start", "seed", "gate")
 
@@ -45,19 +45,25 @@ REPLACE = ("stop", "park", "delete", "create", "unpark", "start", "seed", "gate"
         pytest.param(DEPLOYED, OLD, (), id="nothing-to-do"),
         pytest.param(replace(DEPLOYED, uploaded=False), NEW,
                      ("upload", *REPLACE), id="replace"),
-        pytest.param(World(ct=ct(running=False), holder=holder(), uploaded=True, volume_known=True),
+        pytest.param(World(ct=ct(running=False), holder=holder(), uploaded=True, volume_known=True, known=True),
                      OLD, ("start", "seed", "gate"), id="stopped-same-template"),
-        pytest.param(World(ct=CT(457), holder=holder(volume=PARKED), uploaded=True, volume_known=True),
+        pytest.param(World(ct=CT(457), holder=holder(volume=PARKED), uploaded=True, volume_known=True, known=True),
                      NEW, ("create", "unpark", "start", "seed", "gate"), id="crash-after-delete"),
         pytest.param(World(ct=ct(template=NEW, volume=None, running=False), holder=holder(volume=PARKED),
-                           uploaded=True, volume_known=True),
+                           uploaded=True, volume_known=True, known=True),
                      NEW, ("unpark", "start", "seed", "gate"), id="crash-after-create"),
         pytest.param(World(ct=ct(template=NEW, volume=None, running=True), holder=holder(volume=PARKED),
-                           uploaded=True, volume_known=True),
+                           uploaded=True, volume_known=True, known=True),
                      NEW, ("stop", "unpark", "start", "seed", "gate"), id="started-without-volume"),
         pytest.param(World(ct=ct(template=NEW), holder=holder(), uploaded=True, seeded=True,
-                           volume_known=True),
+                           volume_known=True, known=True),
                      NEW, ("gate",), id="crash-before-gate"),
+        pytest.param(World(ct=ct(template=NEW), holder=holder(), uploaded=True), NEW, REPLACE,
+                     id="created-by-another-state-dir"),
+        pytest.param(World(ct=ct(template=NEW, volume=None), holder=holder(volume=PARKED), uploaded=True,
+                           volume_known=True),
+                     NEW, ("stop", "delete", "create", "unpark", "start", "seed", "gate"),
+                     id="killed-during-create-task"),
     ],
 )
 def test_plan_steps(world: World, target: TemplateRef, expected: tuple[str, ...]) -> None:
@@ -120,7 +126,7 @@ def test_rerun_from_any_state_converges_and_never_deletes_the_volume(start: Worl
                      "local-lvm:vm-457-disk-1 is on CT 457", id="locked"),
         pytest.param(World(ct=ct(), holder=holder(volume=PARKED)), False,
                      "both CT 457 and CT 9457 carry an mp0 volume", id="two-volumes"),
-        pytest.param(World(ct=CT(457), holder=holder(), volume_known=True), False,
+        pytest.param(World(ct=CT(457), holder=holder(), volume_known=True, known=True), False,
                      "the credentials volume is neither on CT 457 nor on CT 9457", id="volume-lost"),
     ],
 )

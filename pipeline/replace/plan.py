@@ -107,7 +107,9 @@ def check(world: World, *, adopt: bool) -> None:
 
 def next_step(world: World, target: TemplateRef) -> str | None:
     ct, holder = world.ct, world.holder
-    outdated = ct.exists and ct.template != target
+    # A container this state dir did not create is rebuilt: we cannot know its seed, and
+    # our deploy key is not in it. The volume goes through the holder as in any replace.
+    outdated = ct.exists and (ct.template != target or not world.known)
     volume_parked = bool(holder.volume) and not ct.volume
     if not world.uploaded:
         return "upload"
@@ -144,11 +146,11 @@ def simulate(world: World, step: str, target: TemplateRef) -> World:
     if step == "park":
         return with_ct(with_holder(world, volume=ct.volume), volume=None)
     if step == "delete":
-        return replace(world, ct=CT(ct.vmid), seeded=False, gated=False)
+        return replace(world, ct=CT(ct.vmid), seeded=False, gated=False, known=False)
     if step == "create":
         fresh = None if holder.volume else "(new volume)"
         new = CT(ct.vmid, exists=True, ours=True, template=target, volume=fresh)
-        return replace(world, ct=new, seeded=False, gated=False, volume_known=True)
+        return replace(world, ct=new, seeded=False, gated=False, volume_known=True, known=True)
     if step == "unpark":
         return with_holder(with_ct(world, volume=holder.volume), volume=None)
     if step == "start":

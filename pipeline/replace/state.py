@@ -51,6 +51,7 @@ class World:
     seeded: bool = False  # the seed went into the current deployment
     gated: bool = False  # the current deployment passed the acceptance gate
     volume_known: bool = False  # a credentials volume was created before: never make a second
+    known: bool = False  # this state dir created the CT's deployment (its deploy key is in it)
 
     def volume_location(self) -> str:
         if self.ct.volume:

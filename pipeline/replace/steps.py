@@ -86,6 +86,7 @@ def read_world(ctx: Context, target: TemplateRef) -> st.World:
         seeded=bool(deployed) and ctx.journal.get("seeded") == deployed,
         gated=bool(deployed) and ctx.journal.get("gated") == deployed,
         volume_known=bool(ctx.journal.get("volume_created")),
+        known=bool(deployed) and ctx.journal.get("deployment") == deployed,
     )
 
 
@@ -227,6 +228,7 @@ def create(ctx: Context, world: st.World, target: TemplateRef) -> None:
         params[st.CREDENTIALS_KEY] = (
             f"{ctx.site.proxmox.volume_storage}:{size},mp={st.CREDENTIALS_MOUNT},backup=1"
         )
+    ctx.journal.set("deployment", deployment)  # before the call: a kill mid-task still knows it
     upid = ctx.px.create_ct(ctx.vmid, {k: v for k, v in params.items() if v is not None})
     ctx.px.wait_task(upid, what=f"create CT {ctx.vmid} from {target.name}")
     ctx.journal.set("volume_created", True)
