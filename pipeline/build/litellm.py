@@ -57,7 +57,8 @@ def in_base(ctx: BuildContext, base: Base, binds: list[str], argv: list[str], *,
     pip_cache = ctx.cache.root / "pip"
     pip_cache.mkdir(parents=True, exist_ok=True)
     run([
-        "systemd-nspawn", "--quiet", "--register=no", "--volatile=overlay",
+        "systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--machine=meridian-build",
+        "--volatile=overlay",
         "--resolv-conf=copy-host", "--timezone=off", f"--directory={base.rootfs}",
         f"--bind={pip_cache}:{PIP_CACHE_IN_CONTAINER}", *binds, *trust_store_args(),
         f"--setenv=PIP_CACHE_DIR={PIP_CACHE_IN_CONTAINER}", "--setenv=HOME=/root",

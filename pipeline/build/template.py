@@ -97,8 +97,9 @@ def assemble(ctx: BuildContext, base: Base, layers: dict[str, Layer], rootfs: Pa
         run(["cp", "-r", "--preserve=mode,links", "--no-preserve=ownership",
              f"{ctx.image_dir / 'rootfs'}/.", rootfs], log=log)
         run(["systemd-sysusers", f"--root={rootfs}"], log=log)
+        # The config path is not taken relative to --root (systemd 252).
         run(["systemd-tmpfiles", f"--root={rootfs}", "--create",
-             "/usr/lib/tmpfiles.d/meridian-appliance.conf"], log=log)
+             rootfs / "usr/lib/tmpfiles.d/meridian-appliance.conf"], log=log)
         units = read_toml(ctx.image_dir / "units.toml")
         run(["systemctl", f"--root={rootfs}", "enable", *units["enable"]], log=log)
         run(["systemctl", f"--root={rootfs}", "mask", *units["mask"]], log=log)
