@@ -1,0 +1,128 @@
+"""Layer-cache keys change when, and only when, an input of that layer changes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.build import base, litellm, meridian, node
+from pipeline.build.cache import Cache, Key, tree_sha256
+from pipeline.build.context import BuildContext
+from pipeline.build.layers import Layer
+from pipeline.config import REPO_ROOT, load_site
+from pipeline.errors import PipelineError
+
+STANDIN = REPO_ROOT / "tests" / "fixtures" / "meridian-standin"
+
+
+def test_tree_hash_ignores_times_and_node_modules_but_not_content_mode_or_links(tmp_path):
+    (tmp_path / "a").write_text("one")
+    (tmp_path / "b").symlink_to("a")
+    first = tree_sha256(tmp_path)
+    os.utime(tmp_path / "a", (1, 1))
+    (tmp_path / "node_modules").mkdir()
+    (tmp_path / "node_modules" / "x").write_text("installed")
+    assert tree_sha256(tmp_path) == first
+    (tmp_path / "a").chmod(0o755)
+    assert tree_sha256(tmp_path) != first
+    (tmp_path / "a").chmod(0o644)
+    (tmp_path / "b").unlink()
+    (tmp_path / "b").symlink_to("c")
+    assert tree_sha256(tmp_path) != first
+
+
+def test_labels_keep_inputs_apart():
+    assert Key("k").text("a", "bc").hexdigest() != Key("k").text("ab", "c").hexdigest()
+    assert Key("k").text("a", "x").hexdigest() == Key("k").text("a", "x").hexdigest()
+
+
+def test_a_failed_fill_leaves_no_entry(tmp_path):
+    cache = Cache(tmp_path)
+    with pytest.raises(RuntimeError), cache.filling("layers", "node", "k1") as scratch:
+        (scratch / "half").write_text("x")
+        raise RuntimeError("step failed")
+    assert not cache.has("layers", "node", "k1")
+    with cache.filling("layers", "node", "k1") as scratch:
+        (scratch / "done").write_text("x")
+    assert (cache.entry("layers", "node", "k1") / "done").is_file()
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """A copy of the data folders and the lab site, with the stand-in as a local source."""
+    for folder in ("image", "sysext"):
+        shutil.copytree(REPO_ROOT / folder, tmp_path / folder, symlinks=True)
+    shutil.copytree(STANDIN, tmp_path / "standin", ignore=shutil.ignore_patterns("node_modules"))
+    site = yaml.safe_load((REPO_ROOT / "sites" / "lab.yml").read_text())
+    site["image"]["meridian"] = {"source": "./standin", "lockfile": "sysext/meridian/locks/standin.json"}
+    (tmp_path / "lab.yml").write_text(yaml.safe_dump(site))
+    return tmp_path
+
+
+def context(workspace: Path) -> BuildContext:
+    return BuildContext(site=load_site(workspace / "lab.yml"), out=workspace / "out",
+                        cache=Cache(workspace / "cache"), repo=workspace)
+
+
+def keys(workspace: Path) -> dict[str, str]:
+    ctx = context(workspace)
+    base_key = base.base_key(ctx)
+    node_key = node.layer_key(ctx, "node", node.__file__).hexdigest()
+    node_layer = Layer("node", node_key, workspace / "unused", rebuilt=False)
+    litellm_key = litellm.layer_key(ctx, "litellm", litellm.__file__).text("base", base_key).hexdigest()
+    return {"base": base_key, "node": node_key, "litellm": litellm_key,
+            "meridian": meridian.key(ctx, node_layer)}
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new))
+
+
+# (what is changed, which keys must change: all others must stay)
+CHANGES = [
+    (lambda w: edit(w / "standin/package.json", "1.40.0-standin.1", "1.40.0-standin.2"), {"meridian"}),
+    (lambda w: (w / "standin/bin/new.js").write_text("//\n"), {"meridian"}),
+    (lambda w: edit(w / "sysext/meridian/locks/standin.json", '"requires": true', '"requires": false'),
+     {"meridian"}),
+    (lambda w: (w / "sysext/meridian/locks/other-site.json").write_text("{}"), set()),
+    (lambda w: edit(w / "sysext/meridian/recipe.toml", "/usr/bin/meridian", "/usr/bin/meridian2"),
+     {"meridian"}),
+    (lambda w: edit(w / "sysext/node/lock.json", "22.23.3", "22.23.4"), {"node", "meridian"}),
+    (lambda w: edit(w / "sysext/litellm/requirements.lock", "litellm==", "litellm=="), set()),
+    (lambda w: edit(w / "sysext/litellm/requirements.lock", "aiohttp==", "aiohttp ==  "), {"litellm"}),
+    (lambda w: edit(w / "image/base.toml", '"procps",', '"procps", "less",'), {"base", "litellm"}),
+    (lambda w: edit(w / "sysext/common.toml", "VERSION_ID", "VERSION_ID "), {"node", "meridian", "litellm"}),
+    (lambda w: edit(w / "image/rootfs/etc/hosts", "localhost", "localhost.localdomain"), set()),
+    (lambda w: os.utime(w / "standin/package.json", (1, 1)), set()),
+]
+
+
+@pytest.mark.parametrize(("change", "expected"), CHANGES)
+def test_keys_change_exactly_for_the_layers_whose_inputs_changed(workspace, change, expected):
+    before = keys(workspace)
+    change(workspace)
+    after = keys(workspace)
+    assert {name for name in before if before[name] != after[name]} == expected
+
+
+def test_missing_lockfile_is_a_clear_error_with_the_way_to_create_it(workspace):
+    (workspace / "sysext/meridian/locks/standin.json").unlink()
+    with pytest.raises(PipelineError) as caught:
+        keys(workspace)
+    assert "image.meridian.lockfile:" in caught.value.message
+    assert "is not locked" in caught.value.message
+    assert "--update-lock" in caught.value.hint
+
+
+def test_missing_local_source_names_the_key_and_where_it_looked(workspace):
+    shutil.rmtree(workspace / "standin")
+    with pytest.raises(PipelineError) as caught:
+        keys(workspace)
+    assert caught.value.message.startswith("image.meridian.source: './standin' does not exist")
+    assert str(workspace / "standin") in caught.value.message
