@@ -101,8 +101,8 @@ def lab_ssh(site_file: Path, known_hosts: Path) -> Lab:
 
 
 @pytest.fixture(scope="module")
-def lab_deployed(lab_build: Path, lab_server, tmp_path_factory: pytest.TempPathFactory) -> Lab:
+def lab_deployed(lab_build, lab_server, tmp_path_factory: pytest.TempPathFactory) -> Lab:
     """The lab site's template deployed as CT 457 (created or replaced), for one test module."""
     out = tmp_path_factory.mktemp("deploy")
-    replace_ct(LAB_SITE, lab_build, out)
+    replace_ct(LAB_SITE, lab_build.out_dir, out)
     return lab_ssh(LAB_SITE, out / "known_hosts")
