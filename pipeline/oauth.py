@@ -75,20 +75,25 @@ def _known_hosts(state_dir: Path) -> Path:
 
 def _claude_command(ssh: SSH) -> list[str]:
     """``claude auth`` as the service user with the service's own environment (PATH, HOME)."""
-    out = ssh.run(["systemctl", "show", "-p", "Environment", "--value", SERVICE]).stdout
+    # As root: without D-Bus in the image, systemctl needs its private socket.
+    out = _text(ssh, ["sudo", "-n", "systemctl", "show", "-p", "Environment", "--value", SERVICE])
     env = dict(item.split("=", 1) for item in shlex.split(out) if "=" in item)
-    home = ssh.run(["getent", "passwd", SERVICE_USER]).stdout.strip().split(":")[5]
+    home = _text(ssh, ["getent", "passwd", SERVICE_USER]).strip().split(":")[5]
     env.update(HOME=home, TERM=os.environ.get("TERM", "xterm-256color"))
     return ["runuser", "-u", SERVICE_USER, "--", "env", "-i",
             *(f"{k}={v}" for k, v in env.items()), "claude", "auth"]
 
 
 def _auth_status(ssh: SSH, claude: list[str]) -> dict:
-    result = ssh.run(["sudo", "-n", *claude, "status"], check=(0, 1))
+    out = _text(ssh, ["sudo", "-n", *claude, "status"], check=(0, 1))
     try:
-        return json.loads(result.stdout)
+        return json.loads(out)
     except json.JSONDecodeError:
         raise PipelineError(
-            f"`claude auth status` as {SERVICE_USER} printed no JSON: {result.stdout[-300:]!r}",
+            f"`claude auth status` as {SERVICE_USER} printed no JSON: {out[-300:]!r}",
             hint="is the meridian layer in the template, and meridian.service's PATH right?",
         ) from None
+
+
+def _text(ssh: SSH, argv: list[str], check: tuple[int, ...] = (0,)) -> str:
+    return ssh.run(argv, check=check).stdout.decode(errors="replace")
