@@ -123,7 +123,10 @@ def claim_address(address: str) -> bool:
                 os.link(draft, lease)
                 return True
             except FileExistsError:
-                if _alive(lease.read_text().strip()):
+                holder = lease.read_text().strip()
+                if holder == str(os.getpid()):
+                    return True  # ours already (the lab server restarting a container)
+                if _alive(holder):
                     return False
                 lease.unlink(missing_ok=True)
         return False
@@ -194,7 +197,7 @@ class Container:
     def write_config(
         self,
         *,
-        address: str,
+        address: str | None,
         gateway: str | None = GATEWAY,
         hostname: str | None = None,
         mounts: Sequence[Mount] = (),
@@ -205,9 +208,8 @@ class Container:
         """Write an unprivileged LXC config: idmap, veth eth0 on the lab bridge, rootfs, mounts.
 
         The address is set by LXC on eth0 (and by /etc/network/interfaces inside, as
-        Proxmox writes it); it must be in the lab subnet.
+        Proxmox writes it); it must be in the lab subnet. No address: no network at all.
         """
-        iface = check_lab_address(address)
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.lxcpath, 0o755)
         os.chmod(self.dir, 0o755)
@@ -219,16 +221,8 @@ class Container:
             f"lxc.idmap = g 0 {ID_BASE} {ID_COUNT}",
             f"lxc.rootfs.path = dir:{self.rootfs}",
             "lxc.apparmor.profile = unconfined",
-            "lxc.net.0.type = veth",
-            f"lxc.net.0.link = {BRIDGE}",
-            "lxc.net.0.name = eth0",
-            "lxc.net.0.flags = up",
-            f"lxc.net.0.ipv4.address = {iface.with_prefixlen} {iface.network.broadcast_address}",
+            *_network(address, gateway, hwaddr),
         ]
-        if gateway:
-            lines.append(f"lxc.net.0.ipv4.gateway = {gateway}")
-        if hwaddr:
-            lines.append(f"lxc.net.0.hwaddr = {hwaddr}")
         if memory_mib:
             lines.append(f"lxc.cgroup.memory.limit_in_bytes = {memory_mib * 1024 * 1024}")
         if nesting:
@@ -261,12 +255,13 @@ class Container:
             log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
             raise LxcError(f"lxc-start {self.name} failed: {exc}\n{_tail(log)}") from exc
 
-    def stop(self, timeout: int = 30, force: bool = False) -> None:
-        """Clean shutdown (SIGRTMIN+3 to systemd), killed after timeout; force kills at once."""
+    def stop(self, timeout: int = 30, force: bool = False, kill_after: bool = True) -> None:
+        """Clean shutdown (SIGRTMIN+3 to systemd), killed after timeout unless kill_after is
+        False (then it may still run); force kills at once."""
         if self.state() == "STOPPED":
             return
-        args = ["-k"] if force else ["-t", str(timeout)]
-        self._lxc("lxc-stop", *args, timeout=timeout + 30, check=(0, 2))
+        args = ["-k"] if force else ["-t", str(timeout), *([] if kill_after else ["--nokill"])]
+        self._lxc("lxc-stop", *args, timeout=timeout + 30, check=(0, 1, 2))
 
     def destroy(self, keep_rootfs: bool = False) -> None:
         """Stop (forced) and remove the container's directory, and its rootfs unless kept."""
@@ -324,6 +319,24 @@ class Container:
     def journal(self) -> str:
         """The whole journal of the current boot (for a test's failure report)."""
         return self.attach(["journalctl", "-b", "--no-pager"], check=range(256)).stdout
+
+
+def _network(address: str | None, gateway: str | None, hwaddr: str | None) -> list[str]:
+    if address is None:
+        return ["lxc.net.0.type = empty"]
+    iface = check_lab_address(address)
+    lines = [
+        "lxc.net.0.type = veth",
+        f"lxc.net.0.link = {BRIDGE}",
+        "lxc.net.0.name = eth0",
+        "lxc.net.0.flags = up",
+        f"lxc.net.0.ipv4.address = {iface.with_prefixlen} {iface.network.broadcast_address}",
+    ]
+    if gateway:
+        lines.append(f"lxc.net.0.ipv4.gateway = {gateway}")
+    if hwaddr:
+        lines.append(f"lxc.net.0.hwaddr = {hwaddr}")
+    return lines
 
 
 def _tail(text: str, lines: int = 40) -> str:
