@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,14 @@ def test_every_setting_has_help() -> None:
     assert {key for key, _, _ in rows} >= {"container.vmid", "proxmox.tls.ca_file", "services.litellm_port"}
     assert [key for key, _, help_text in rows if not help_text] == []
 
+
+
+def test_cli_prints_one_line_error_without_traceback(tmp_path: Path) -> None:
+    path = _write(tmp_path, _set(_base(), "container.vmid", "abc"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "seed", "--site", str(path), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "container.vmid: 'abc' is not an integer" in proc.stderr
+    assert "Traceback" not in proc.stderr
