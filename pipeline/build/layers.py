@@ -4,6 +4,7 @@ the reproducible squashfs image. Each layer module only says how to fill its tre
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,18 @@ def write_release(ctx: BuildContext, name: str, tree: Path, version: str) -> Non
 
 
 def squash(ctx: BuildContext, tree: Path, out: Path, *, log: Path) -> None:
-    """Same tree, same bytes: root-owned, no xattrs, time stamps pinned."""
+    """Same tree, same bytes: root-owned, no xattrs, time stamps pinned (the tree's own
+    mtimes are set to the epoch first: mksquashfs 4.5.1 applies SOURCE_DATE_EPOCH only to
+    the superblock, and refuses it together with -all-time)."""
     settings = read_toml(ctx.sysext_dir / "common.toml")["squashfs"]
+    epoch = settings["source_date_epoch"]
+    pin_mtimes(tree, epoch)
     run(["mksquashfs", tree, out, *settings["options"]],
-        env={"SOURCE_DATE_EPOCH": str(settings["source_date_epoch"])}, log=log, timeout=1800)
+        env={"SOURCE_DATE_EPOCH": str(epoch)}, log=log, timeout=1800)
+
+
+def pin_mtimes(tree: Path, epoch: int) -> None:
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in dirnames + filenames:
+            os.utime(os.path.join(dirpath, name), (epoch, epoch), follow_symlinks=False)
+    os.utime(tree, (epoch, epoch))

@@ -50,10 +50,20 @@ def install(ctx: BuildContext, base: Base, tree: Path) -> dict[str, str]:
             f"{prefix}/bin/pip", "install", "--no-input", "--require-hashes", "--no-deps",
             "-r", LOCK_IN_CONTAINER,
         ], log=log)
+    with step("compile bytecode"):
+        # /opt is read-only in the container, and the squash step pins every mtime, which
+        # makes pip's timestamp-checked .pyc files stale: Python would recompile in memory
+        # at every start. Hash-based, unchecked .pyc files stay valid and are reproducible.
+        # Exit 1 means some file did not compile (test data in some wheels), as pip allows.
+        in_base(ctx, base, binds, [
+            "/usr/bin/python3", "-m", "compileall", "-q", "-f", "-j0",
+            "--invalidation-mode", "unchecked-hash", prefix,
+        ], log=log, check=(0, 1))
     return {"litellm": pinned_version(lock, "litellm")}
 
 
-def in_base(ctx: BuildContext, base: Base, binds: list[str], argv: list[str], *, log: Path) -> None:
+def in_base(ctx: BuildContext, base: Base, binds: list[str], argv: list[str], *, log: Path,
+            check: tuple[int, ...] = (0,)) -> None:
     pip_cache = ctx.cache.root / "pip"
     pip_cache.mkdir(parents=True, exist_ok=True)
     run([
@@ -65,7 +75,7 @@ def in_base(ctx: BuildContext, base: Base, binds: list[str], argv: list[str], *,
         "--setenv=PIP_DISABLE_PIP_VERSION_CHECK=1",
         *(f"--setenv={k}={os.environ[k]}" for k in PIP_ENV if k in os.environ),
         "--", *argv,
-    ], log=log, timeout=1800)
+    ], log=log, timeout=1800, check=check)
 
 
 def trust_store_args() -> list[str]:

@@ -47,6 +47,15 @@ def resolve_source(source: str, site_dir: Path) -> Path:
     return path
 
 
+def check_source(ctx: BuildContext, *, need_lock: bool) -> None:
+    """Fail before any long step when the source or its lock file is missing."""
+    m = ctx.site.image.meridian
+    if m.is_path:
+        resolve_source(m.source, site_dir(ctx))
+    if need_lock:
+        check_lockfile(ctx)
+
+
 def check_lockfile(ctx: BuildContext) -> Path:
     lockfile = ctx.site.image.meridian.lockfile
     if not lockfile.is_file():

@@ -41,8 +41,10 @@ CACHE_LOCK_WAIT = 3600  # seconds; another build on the same cache may be runnin
 
 def build(site: Site, out: Path, cache_root: Path, *, update_lock: bool = False) -> dict:
     """Build everything for ``site`` into ``out``; returns the manifest written there."""
-    require_tools(TOOLS)
     ctx = BuildContext(site=site, out=out, cache=Cache(cache_root))
+    with step("check tools and inputs"):
+        require_tools(TOOLS)
+        meridian.check_source(ctx, need_lock=not update_lock)
     out.mkdir(parents=True, exist_ok=True)
     with cache_lock(cache_root):
         base = base_layer.build(ctx)
