@@ -117,3 +117,13 @@ def test_cli_reports_a_missing_lockfile_without_traceback(tmp_path):
     assert "image.meridian.lockfile:" in proc.stderr and "--update-lock" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "cache" / "base").exists()  # failed before any long step
+
+
+def test_litellm_bytecode_stays_valid_on_read_only_opt(members, lab_build, tmp_path):
+    # Flags word of a .pyc (PEP 552): 0b01 = hash-based, not checked against the source, so
+    # pinned source mtimes never make it stale (Python would recompile at every start).
+    name = next(n for n in members if n.startswith("./var/lib/extensions/litellm/opt/litellm/lib/")
+                and n.endswith("/litellm/__pycache__/__init__.cpython-311.pyc"))
+    run(["tar", "--zstd", "-xf", lab_build.template, "-C", tmp_path, name])
+    header = (tmp_path / name).read_bytes()[:8]
+    assert int.from_bytes(header[4:8], "little") == 0b01
