@@ -31,6 +31,9 @@ from pipeline.errors import PipelineError
 
 SSH_TIMEOUT = 15  # seconds for the SSH connect (testinfra's own wait is unbounded)
 HTTP_TIMEOUT = 15.0
+# A fresh connection per request: uvicorn drops idle keep-alive connections after 5 s, and a
+# request racing that close fails with "connection reset" although the service is fine.
+NO_KEEPALIVE = httpx.Limits(max_keepalive_connections=0)
 SETTLE_SECONDS = 180  # longest wait for a freshly started container to settle
 MASKED = "********"
 
@@ -166,7 +169,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 def meridian(target: Target) -> Iterator[httpx.Client]:
     """Meridian's Anthropic-format API (no auth at this layer)."""
     base = f"http://{target.address}:{target.services.meridian_port}"
-    with httpx.Client(base_url=base, timeout=HTTP_TIMEOUT) as client:
+    with httpx.Client(base_url=base, timeout=HTTP_TIMEOUT, limits=NO_KEEPALIVE) as client:
         yield client
 
 
@@ -174,7 +177,7 @@ def meridian(target: Target) -> Iterator[httpx.Client]:
 def litellm(target: Target) -> Iterator[httpx.Client]:
     """LiteLLM's OpenAI-format API without credentials; tests add the header they need."""
     base = f"http://{target.address}:{target.services.litellm_port}"
-    with httpx.Client(base_url=base, timeout=HTTP_TIMEOUT) as client:
+    with httpx.Client(base_url=base, timeout=HTTP_TIMEOUT, limits=NO_KEEPALIVE) as client:
         yield client
 
 
@@ -183,7 +186,7 @@ def litellm_authed(target: Target, master_key: MasterKey) -> Iterator[httpx.Clie
     """LiteLLM with the master key preset (the key never appears in a test's locals)."""
     base = f"http://{target.address}:{target.services.litellm_port}"
     headers = {"Authorization": f"Bearer {master_key.value}"}
-    with httpx.Client(base_url=base, timeout=HTTP_TIMEOUT, headers=headers) as client:
+    with httpx.Client(base_url=base, timeout=HTTP_TIMEOUT, headers=headers, limits=NO_KEEPALIVE) as client:
         yield client
 
 
