@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from pipeline.config import REPO_ROOT, Site, load_site
+from pipeline.proxmox import Client
 from pipeline.replace.gate import failed_checks
 from pipeline.replace.ssh import SSH
 from pipeline.runner import run, tail
@@ -77,8 +78,23 @@ def bumped_site(tmp: Path) -> Path:
     return path
 
 
+def remove_lab_ct(site_file: Path) -> None:
+    """Delete the site's CT and its holder on the lab (with the credentials volume), so the
+    next replace-ct is a first deploy. Only for lab sites."""
+    site = load_site(site_file)
+    assert site.kind == "lab", f"{site_file} is not a lab site"
+    client = Client.from_site(site.proxmox)
+    present = {int(ct["vmid"]): ct for ct in client.containers()}
+    for vmid in (site.container.vmid, site.container.holder_vmid):
+        if vmid not in present:
+            continue
+        if present[vmid].get("status") == "running":
+            client.wait_task(client.shutdown(vmid, timeout=30), what=f"stop CT {vmid}")
+        client.wait_task(client.delete_ct(vmid), what=f"delete CT {vmid}")
+
+
 @dataclass(frozen=True)
-class Lab:
+class DeployedLab:
     """The deployed lab container, reached as the admin user with the deploy key."""
 
     site_file: Path
@@ -93,15 +109,15 @@ class Lab:
         self.root("sh -s meridian", stdin=(STANDIN / "fake-login").read_bytes())
 
 
-def lab_ssh(site_file: Path, known_hosts: Path) -> Lab:
+def lab_ssh(site_file: Path, known_hosts: Path) -> DeployedLab:
     site = load_site(site_file)
     ssh = SSH(site.container.network.ip, site.site_state_dir / "deploy_key", known_hosts,
               site.admin.user)
-    return Lab(site_file, site, ssh)
+    return DeployedLab(site_file, site, ssh)
 
 
 @pytest.fixture(scope="module")
-def lab_deployed(lab_build, lab_server, tmp_path_factory: pytest.TempPathFactory) -> Lab:
+def lab_deployed(lab_build, lab_server, tmp_path_factory: pytest.TempPathFactory) -> DeployedLab:
     """The lab site's template deployed as CT 457 (created or replaced), for one test module."""
     out = tmp_path_factory.mktemp("deploy")
     replace_ct(LAB_SITE, lab_build.out_dir, out)
