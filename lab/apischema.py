@@ -198,4 +198,6 @@ class ApiSchema:
 
 
 def _path_regex(path: str) -> re.Pattern[str]:
-    return re.compile(re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path))
+    # A volume id holds a slash (local:vztmpl/NAME) that clients such as proxmoxer send as is.
+    regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path).replace("(?P<volume>[^/]+)", "(?P<volume>.+)")
+    return re.compile(regex)

@@ -2,6 +2,7 @@
 
     python -m lab up [--state DIR]     start (idempotent); prints the URL, token id, CA and secret paths
     python -m lab status               server and containers
+    python -m lab restart              a new server process; the containers keep running
     python -m lab token add ID --acl /pool/meridian=PVEVMUser --secret-file F
     python -m lab down                 stop containers and server; remove bridge, volumes, state
 
@@ -18,6 +19,7 @@ import shutil
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import requests
@@ -58,6 +60,10 @@ def parser() -> argparse.ArgumentParser:
     up_cmd.add_argument("--node", default=DEFAULT_NODE, help="node name the API reports")
     up_cmd.add_argument("--port", type=int, default=PORT)
     up_cmd.set_defaults(func=up)
+    restart_cmd = sub.add_parser("restart", help="restart only the API server; containers keep running")
+    restart_cmd.add_argument("--node", default=DEFAULT_NODE, help="node name the API reports")
+    restart_cmd.add_argument("--port", type=int, default=PORT)
+    restart_cmd.set_defaults(func=restart)
     sub.add_parser("down", help="stop everything the lab started and remove it").set_defaults(func=down)
     sub.add_parser("status", help="show the server and containers").set_defaults(func=status)
     token = sub.add_parser("token", help="manage API tokens").add_subparsers(dest="action", required=True)
@@ -66,7 +72,7 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--acl", action="append", default=[], metavar="PATH=ROLE", help="repeatable")
     add.add_argument("--secret-file", type=Path, required=True, help="where the secret is written (0600)")
     add.set_defaults(func=token_add)
-    for name in ("up", "down", "status"):
+    for name in ("up", "restart", "down", "status"):
         sub.choices[name].add_argument("--state", type=Path, default=argparse.SUPPRESS)
     add.add_argument("--state", type=Path, default=argparse.SUPPRESS)
     return top
@@ -130,6 +136,8 @@ def _start_daemon(state: Path, node_name: str, port: int) -> None:
         _reclaim_addresses(node)
         tls = tls_context(state / "server.pem", state / "server.key")
         serve(node, HOST, port, tls, ready=lambda: (state / "server.pid").write_text(str(os.getpid())))
+    except BaseException:
+        traceback.print_exc()
     finally:
         os._exit(1)
 
@@ -166,6 +174,11 @@ def _print_access(state: Path, port: int) -> None:
     print(f"token: {LAB_TOKEN['token']}")
     print(f"token secret file: {state / 'token.secret'}")
     print(f"ca: {state / 'ca.pem'}")
+
+
+def restart(args: argparse.Namespace) -> int:
+    _stop_server(args.state)
+    return up(args)
 
 
 # -- down ----------------------------------------------------------------------------

@@ -68,9 +68,12 @@ class Guests:
             raise TaskFailed(message) if task else ApiError(500, message)
 
     def container(self, vmid: int, conf: dict[str, str]) -> lxc.Container:
-        rootfs = parse_props(conf["rootfs"], "volume")["volume"] if "rootfs" in conf else None
-        return lxc.Container(str(vmid), self.node.state / "lxc",
-                             rootfs_dir=self.node.storages.path(rootfs) if rootfs else None)
+        return lxc.Container(str(vmid), self.node.state / "lxc", rootfs_dir=self.rootfs_path(conf))
+
+    def rootfs_path(self, conf: dict[str, str]) -> Path | None:
+        """The rootfs volume's directory; None while a create has not allocated it yet."""
+        volid = parse_props(conf["rootfs"], "volume")["volume"] if "rootfs" in conf else ""
+        return None if not volid or NEW_VOLUME.fullmatch(volid) else self.node.storages.path(volid)
 
     def running(self, vmid: int, conf: dict[str, str] | None = None) -> bool:
         conf = conf if conf is not None else self.load(vmid)
@@ -429,7 +432,7 @@ class Guests:
             "cpus": int(conf.get("cores", 1)), "cpu": 0, "disk": 0, "netin": 0, "netout": 0,
             "diskread": 0, "diskwrite": 0, "ha": {"managed": 0},
         }
-        if "rootfs" in conf:
+        if self.rootfs_path(conf):
             info["maxdisk"] = self.node.storages.size(parse_props(conf["rootfs"], "volume")["volume"])
         for key in ("lock", "tags"):
             if key in conf:
