@@ -190,11 +190,14 @@ def down(args: argparse.Namespace) -> int:
     guests = Guests(node)
     for vmid in guests.vmids():
         conf = guests.load(vmid)
-        guests.container(vmid, conf).destroy(keep_rootfs=True)
         if "net0" in conf and "ip=" in conf["net0"]:
             lxc.release_address(conf["net0"].split("ip=", 1)[1].split(",", 1)[0])
-    for leftover in (state / "lxc").glob("*") if (state / "lxc").is_dir() else []:
-        lxc.Container(leftover.name, state / "lxc").destroy(keep_rootfs=True)
+    # Every container in the lab's own lxcpath is one of ours, whatever its config says.
+    for ct_dir in sorted((state / "lxc").glob("*")) if (state / "lxc").is_dir() else []:
+        try:
+            lxc.Container(ct_dir.name, state / "lxc").destroy(keep_rootfs=True)
+        except PipelineError as exc:
+            print(f"could not stop container {ct_dir.name}: {exc}", file=sys.stderr)
     if _owned(state).get("bridge") and not lxc.remove_bridge(_owned(state)["bridge"]):
         print(f"kept bridge {lxc.BRIDGE}: other containers are still attached to it")
     for entry in STATE_ENTRIES:
