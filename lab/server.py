@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import sys
 import traceback
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,6 +45,14 @@ class LabServer(ThreadingHTTPServer):
         self.guests = Guests(node)
         self.schema = ApiSchema.load()
         self.tls = tls
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that drops the connection or refuses our CA is not a server error.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ssl.SSLError, ConnectionError, TimeoutError)):
+            print(f"{client_address[0]} connection closed: {exc}", flush=True)
+        else:
+            super().handle_error(request, client_address)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, addr = super().get_request()

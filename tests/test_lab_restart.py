@@ -1,0 +1,51 @@
+"""A second lab (own state, port 8007): its server restarts while its container keeps running."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.runner import run
+from tests.plugins.lab import REPO, Lab
+from tests.test_lab_api import NET, NODE, _sha256, _upload, ok
+
+pytestmark = pytest.mark.integration
+PORT = 8007
+
+
+def lab(state: Path, *args: str) -> str:
+    return run([sys.executable, "-m", "lab", "--state", state, *args], cwd=REPO, timeout=300).stdout
+
+
+@pytest.fixture
+def second_lab(lab_workdir: Path):
+    state = lab_workdir / "second-lab"
+    lab(state, "up", "--port", str(PORT))
+    yield Lab(url=f"https://127.0.0.1:{PORT}/api2/json", host="127.0.0.1", port=PORT, node=NODE,
+              token_id="pipeline@pve!lab", token_secret_path=state / "token.secret",
+              ca_path=state / "ca.pem", state=state)
+    lab(state, "down")
+    assert not state.exists()
+
+
+def test_server_restart_keeps_containers_and_tasks(second_lab, lab_template):
+    px = second_lab.client()
+    node = px.nodes(NODE)
+    ok(px, _upload(px, lab_template, "restart_amd64.tar.zst", _sha256(lab_template)))
+    ok(px, node.lxc.post(vmid=9191, ostemplate="local:vztmpl/restart_amd64.tar.zst", rootfs="local-lvm:2",
+                         unprivileged=1, pool="meridian", features="nesting=1",
+                         net0=NET.format(ip="10.157.0.204")))
+    start = node.lxc(9191).status.start.post()
+    ok(px, start)
+    pid = node.lxc(9191).status.current.get()["pid"]
+    lab(second_lab.state, "restart", "--port", str(PORT))
+    px = second_lab.client()
+    node = px.nodes(NODE)
+    status = node.lxc(9191).status.current.get()
+    assert status["status"] == "running" and status["pid"] == pid
+    assert node.tasks(start).status.get()["exitstatus"] == "OK"
+    assert "CT 9191" in lab(second_lab.state, "status")
+    ok(px, node.lxc(9191).status.stop.post())
+    ok(px, node.lxc(9191).delete(purge=1))
