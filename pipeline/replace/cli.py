@@ -193,12 +193,13 @@ def _rollback_failed(ctx: Context, args: argparse.Namespace, before: TemplateRef
 def _print_plan(ctx: Context, plan: Plan, running: TemplateRef | None, target: TemplateRef) -> None:
     world = read_world(ctx, target)
     console.print(f"[bold]plan for CT {ctx.vmid}[/bold] (site {ctx.site.name}, node {ctx.site.proxmox.node})")
-    console.print(f"  now:    {world.summary()}; template {running.name if running else '-'}", markup=False)
-    console.print(f"  target: {target.name}", markup=False)
+    console.print(f"  now:    {world.summary()}; template {running.name if running else '-'}", markup=False,
+                  soft_wrap=True)
+    console.print(f"  target: {target.name}", markup=False, soft_wrap=True)
     if not plan.steps:
         console.print("  nothing to do")
     for i, line in enumerate(plan.lines, 1):
-        console.print(f"  {i:2}. {line}", markup=False)
+        console.print(f"  {i:2}. {line}", markup=False, soft_wrap=True)
 
 
 def _confirm(yes: bool, vmid: int) -> None:

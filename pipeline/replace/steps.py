@@ -180,7 +180,8 @@ def create_holder(ctx: Context, world: st.World, target: TemplateRef) -> None:
 
 
 def stop(ctx: Context, world: st.World, target: TemplateRef) -> None:
-    if serving(ctx.site.container.network.ip, ctx.ports):
+    # Downtime runs from the first stop of the operation (a rollback stops a second time).
+    if not ctx.journal.get("down_since") and serving(ctx.site.container.network.ip, ctx.ports):
         ctx.journal.set("down_since", time.time())
     upid = ctx.px.shutdown(ctx.vmid, SHUTDOWN_SECONDS)
     ctx.px.wait_task(upid, what=f"shutdown of CT {ctx.vmid}", timeout=SHUTDOWN_SECONDS + 60)
