@@ -21,14 +21,15 @@ from pipeline.build.rules import template_violations
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def booted(lab_build, lab_workdir) -> Iterator[tuple[lxc.Container, str]]:
+# Without nesting: the strictest mount rules; with nesting=1: how replace-ct creates CT 457.
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "nesting"])
+def booted(request, lab_build, lab_workdir) -> Iterator[tuple[lxc.Container, str]]:
     created = lxc.ensure_bridge()
     address = lxc.lease_address()
-    ct = lxc.Container(f"buildboot-{os.getpid()}", lab_workdir / "lxc-build")
+    ct = lxc.Container(f"buildboot-{os.getpid()}-{request.param_index}", lab_workdir / "lxc-build")
     try:
         lxc.extract_template(lab_build.template, ct.rootfs)
-        ct.write_config(address=address)
+        ct.write_config(address=address, nesting=request.param)
         ct.start()
         ct.wait_running(timeout=120)
         yield ct, address.split("/")[0]
