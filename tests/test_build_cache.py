@@ -126,3 +126,14 @@ def test_missing_local_source_names_the_key_and_where_it_looked(workspace):
         keys(workspace)
     assert caught.value.message.startswith("image.meridian.source: './standin' does not exist")
     assert str(workspace / "standin") in caught.value.message
+
+
+def test_prune_keeps_the_most_recently_used_entries(tmp_path):
+    cache = Cache(tmp_path)
+    for i, key in enumerate(["old", "mid", "new"]):
+        with cache.filling("layers", "x", key):
+            pass
+        os.utime(cache.entry("layers", "x", key), (1000 + i, 1000 + i))
+    assert cache.has("layers", "x", "old")  # used again: now the most recent
+    cache.prune("layers", "x", keep=2)
+    assert [cache.has("layers", "x", k) for k in ("old", "mid", "new")] == [True, False, True]

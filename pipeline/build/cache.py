@@ -87,7 +87,12 @@ class Cache:
         return self.root / kind / name / key
 
     def has(self, kind: str, name: str, key: str) -> bool:
-        return self.entry(kind, name, key).is_dir()
+        """True when the entry exists; a hit also marks it as recently used (see prune)."""
+        entry = self.entry(kind, name, key)
+        if not entry.is_dir():
+            return False
+        os.utime(entry)
+        return True
 
     @contextmanager
     def filling(self, kind: str, name: str, key: str) -> Iterator[Path]:
@@ -105,7 +110,7 @@ class Cache:
         scratch.rename(final)
 
     def prune(self, kind: str, name: str, keep: int = 2) -> None:
-        """Drop all but the newest ``keep`` entries of one layer (disk space)."""
+        """Drop all but the ``keep`` most recently used entries of one layer (disk space)."""
         folder = self.root / kind / name
         if not folder.is_dir():
             return
