@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import shutil
 import subprocess
@@ -102,10 +103,12 @@ def lease_address(first: int = 100, last: int = 250) -> str:
     """Claim a free lab address (e.g. "10.157.0.100/24") for a test container, across processes.
 
     A lease is a file holding the owner's PID; leases of dead processes are taken over.
+    Addresses the bridge has seen recently (a container started without a lease) are skipped.
     """
+    seen = _neighbours()
     for host in range(first, last + 1):
         address = f"{NETWORK.network_address + host}/{NETWORK.prefixlen}"
-        if claim_address(address):
+        if address.split("/")[0] not in seen and claim_address(address):
             return address
     raise LxcError(f"no free lab address in {NETWORK} .{first}-.{last}", hint=f"see {LEASES}")
 
@@ -132,6 +135,13 @@ def claim_address(address: str) -> bool:
         return False
     finally:
         draft.unlink()
+
+
+def _neighbours() -> set[str]:
+    if not bridge_exists():
+        return set()
+    entries = json.loads(run(["ip", "-j", "neigh", "show", "dev", BRIDGE], capture=True).stdout or "[]")
+    return {e["dst"] for e in entries if not {"FAILED", "INCOMPLETE"} & set(e.get("state", []))}
 
 
 def release_address(address: str) -> None:

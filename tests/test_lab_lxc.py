@@ -45,9 +45,13 @@ def test_refuses_addresses_outside_the_lab_subnet(cidr, message):
 
 
 def test_lease_is_exclusive_while_its_owner_lives(address):
+    lease = lxc.LEASES / address.split("/")[0]
+    assert lease.read_text() == str(os.getpid())
+    lease.write_text("1")  # another process that is alive (init)
     assert not lxc.claim_address(address)
-    (lxc.LEASES / address.split("/")[0]).write_text("999999999")  # a dead owner
+    lease.write_text("999999999")  # a dead owner
     assert lxc.claim_address(address)
+    assert lease.read_text() == str(os.getpid())
 
 
 def test_unprivileged_container_boots_and_answers_ssh(bridge, address, lab_template, lab_workdir):
