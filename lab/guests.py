@@ -222,6 +222,7 @@ class Guests:
                 address=address, gateway=net.gw if net else None, hostname=conf.get("hostname"),
                 mounts=self._mounts(conf), nesting=has_nesting(conf),
                 memory_mib=int(conf.get("memory", 512)), hwaddr=net.hwaddr if net else None,
+                lxc_sets_address=False,  # as on Proxmox: the CT's ifupdown, from net0
             )
             ct.start()
 

@@ -214,11 +214,13 @@ class Container:
         nesting: bool = False,
         memory_mib: int | None = None,
         hwaddr: str | None = None,
+        lxc_sets_address: bool = True,
     ) -> None:
         """Write an unprivileged LXC config: idmap, veth eth0 on the lab bridge, rootfs, mounts.
 
-        The address is set by LXC on eth0 (and by /etc/network/interfaces inside, as
-        Proxmox writes it); it must be in the lab subnet. No address: no network at all.
+        The address must be in the lab subnet; LXC sets it on eth0 unless ``lxc_sets_address``
+        is off: then the container's ifupdown does, from the /etc/network/interfaces Proxmox
+        writes (setting it twice fails networking.service). No address: no network at all.
         """
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.lxcpath, 0o755)
@@ -231,7 +233,7 @@ class Container:
             f"lxc.idmap = g 0 {ID_BASE} {ID_COUNT}",
             f"lxc.rootfs.path = dir:{self.rootfs}",
             "lxc.apparmor.profile = unconfined",
-            *_network(address, gateway, hwaddr),
+            *_network(address, gateway if lxc_sets_address else None, hwaddr, lxc_sets_address),
         ]
         if memory_mib:
             lines.append(f"lxc.cgroup.memory.limit_in_bytes = {memory_mib * 1024 * 1024}")
@@ -331,7 +333,8 @@ class Container:
         return self.attach(["journalctl", "-b", "--no-pager"], check=range(256)).stdout
 
 
-def _network(address: str | None, gateway: str | None, hwaddr: str | None) -> list[str]:
+def _network(address: str | None, gateway: str | None, hwaddr: str | None,
+             set_address: bool = True) -> list[str]:
     if address is None:
         return ["lxc.net.0.type = empty"]
     iface = check_lab_address(address)
@@ -340,8 +343,9 @@ def _network(address: str | None, gateway: str | None, hwaddr: str | None) -> li
         f"lxc.net.0.link = {BRIDGE}",
         "lxc.net.0.name = eth0",
         "lxc.net.0.flags = up",
-        f"lxc.net.0.ipv4.address = {iface.with_prefixlen} {iface.network.broadcast_address}",
     ]
+    if set_address:
+        lines.append(f"lxc.net.0.ipv4.address = {iface.with_prefixlen} {iface.network.broadcast_address}")
     if gateway:
         lines.append(f"lxc.net.0.ipv4.gateway = {gateway}")
     if hwaddr:
