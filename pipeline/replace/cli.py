@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         return _run(args)
     except PipelineError as exc:
         console.print("[bold red]error:[/bold red]", end=" ")
-        console.print(str(exc), markup=False)
+        console.print(str(exc), markup=False, soft_wrap=True)  # unwrapped: logs stay greppable
         return EXIT_ERROR
 
 
