@@ -92,7 +92,8 @@ def preflight(px: Client, site: Site) -> None:
         if name not in storages:
             raise PipelineError(
                 f"{site.source_file}: proxmox.{key}: storage {name!r} does not exist on node "
-                f"{cfg.node} (it has: {', '.join(sorted(storages))}); nothing was changed"
+                f"{cfg.node} (it has: {', '.join(sorted(storages))}); nothing was changed",
+                hint=f"Proxmox lists only storages {cfg.token_id} may use (Datastore.AllocateSpace)",
             )
 
 

@@ -49,11 +49,11 @@ class SSH:
             f"{self.user}@{self.address}", command,
         ]
 
-    def run(self, command: str | Sequence[str], *, input: bytes | None = None,
-            timeout: float = 120, check: Sequence[int] = (0,)) -> subprocess.CompletedProcess:
+    def run(self, command: str | Sequence[str], *, input: bytes | None = None, timeout: float = 120,
+            check: Sequence[int] = (0,), secrets: Sequence[str] = ()) -> subprocess.CompletedProcess:
         text = command if isinstance(command, str) else shlex.join(command)
         return run(self._argv(text), input=input if input is not None else b"", timeout=timeout,
-                   check=check, capture=True)
+                   check=check, capture=True, secrets=secrets)
 
     def wait_ready(self) -> None:
         """Retry until sshd answers with our key (bounded: attempts and time)."""
@@ -74,12 +74,13 @@ class SSH:
             hint="check that the container's address is reachable and sshd runs in the template",
         )
 
-    def put(self, path: str, content: bytes, mode: int) -> None:
-        """Write ``content`` to ``path`` atomically with ``mode`` (root-owned)."""
+    def put(self, path: str, content: bytes, mode: int, secrets: Sequence[str] = ()) -> None:
+        """Write ``content`` to ``path`` atomically with ``mode`` (root-owned); ``secrets`` are
+        masked should a failure message ever echo them."""
         tmp = f"{path}.replace-ct.tmp"
         script = (
             f"umask 077 && mkdir -p {shlex.quote(str(Path(path).parent))} && "
             f"cat > {shlex.quote(tmp)} && chmod {mode:o} {shlex.quote(tmp)} && "
             f"mv -f {shlex.quote(tmp)} {shlex.quote(path)}"
         )
-        self.run(["sh", "-c", script], input=content)
+        self.run(["sh", "-c", script], input=content, secrets=secrets)

@@ -271,10 +271,10 @@ def _seed(ctx: Context, deployment: str) -> None:
         deploy_public_key=ctx.deploy_key,
     )
     for path, content, mode in container_files(rendered):
-        ssh.put(path, content, mode)
+        ssh.put(path, content, mode, secrets=[ctx.master_key])
     for command in ACTIVATE_COMMANDS:
-        ssh.run(command, timeout=CLOUD_INIT_TIMEOUT)
-    ssh.run(WAIT_COMMAND, timeout=CLOUD_INIT_TIMEOUT)
+        ssh.run(command, timeout=CLOUD_INIT_TIMEOUT, secrets=[ctx.master_key])
+    ssh.run(WAIT_COMMAND, timeout=CLOUD_INIT_TIMEOUT, secrets=[ctx.master_key])
     ctx.downtime["up_at"] = wait_serving(ctx.site.container.network.ip, ctx.ports, SERVE_TIMEOUT)
     ctx.journal.set("seeded", deployment)
 
