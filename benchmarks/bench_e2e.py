@@ -19,7 +19,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.plugins.acceptance import LAB_SITE, acceptance, bumped_site, pipeline_cli, replace_ct
+from tests.plugins.acceptance import (
+    LAB_SITE,
+    acceptance,
+    bumped_site,
+    bumped_version,
+    pipeline_cli,
+    replace_ct,
+)
 
 MIB = 1024 * 1024
 
@@ -53,7 +60,7 @@ def main() -> None:
         cold_s, cold = timed(lambda: build(LAB_SITE, scratch / "cold", cache))
         size = template_size(scratch / "cold", cold)
         warm_s, warm = timed(lambda: build(LAB_SITE, scratch / "warm", cache))
-        bumped = bumped_site(scratch)
+        bumped = bumped_site(scratch, bumped_version())
         bump_s, bump = timed(lambda: build(bumped, scratch / "bumped", cache, "--update-lock"))
         (scratch / "deploy-1").mkdir()
         first_s, _ = timed(lambda: replace_ct(LAB_SITE, scratch / "cold", scratch / "deploy-1"))

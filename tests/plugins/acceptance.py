@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,6 @@ LAB_SITE = REPO_ROOT / "sites" / "lab.yml"
 STANDIN = REPO_ROOT / "tests" / "fixtures" / "meridian-standin"
 DEPLOY_TIMEOUT = 1800
 SUITE_TIMEOUT = 900
-BUMPED_VERSION = "1.40.0-standin.2"
 
 
 def _env() -> dict[str, str]:
@@ -63,13 +63,19 @@ def acceptance(site: Path, marker: str, out: Path) -> list[str]:
     return failed
 
 
-def bumped_site(tmp: Path) -> Path:
-    """A copy of the stand-in at BUMPED_VERSION, and a copy of the lab site that installs it
+def bumped_version() -> str:
+    """A version no earlier run used: the layer cache is shared and keeps what it built, so
+    only a new version makes "the bumped layer is rebuilt" hold on every run."""
+    return f"1.40.0-standin.{int(time.time())}"
+
+
+def bumped_site(tmp: Path, version: str) -> Path:
+    """A copy of the stand-in at ``version``, and a copy of the lab site that installs it
     (with its own lock file, written by ``build --update-lock``)."""
     package = tmp / "meridian-standin"
     shutil.copytree(STANDIN, package)
     meta = json.loads((package / "package.json").read_text())
-    meta["version"] = BUMPED_VERSION
+    meta["version"] = version
     (package / "package.json").write_text(json.dumps(meta, indent=2) + "\n")
     site = yaml.safe_load(LAB_SITE.read_text())
     site["image"]["meridian"] = {"source": str(package), "lockfile": str(tmp / "standin.lock.json")}
@@ -79,8 +85,9 @@ def bumped_site(tmp: Path) -> Path:
 
 
 def remove_lab_ct(site_file: Path) -> None:
-    """Delete the site's CT and its holder on the lab (with the credentials volume), so the
-    next replace-ct is a first deploy. Only for lab sites."""
+    """Delete the site's CT and its holder on the lab (with the credentials volume) and the
+    site's replace-ct state (its journal remembers the volume), so the next replace-ct is a
+    first deploy. Only for lab sites."""
     site = load_site(site_file)
     assert site.kind == "lab", f"{site_file} is not a lab site"
     client = Client.from_site(site.proxmox)
@@ -91,6 +98,7 @@ def remove_lab_ct(site_file: Path) -> None:
         if present[vmid].get("status") == "running":
             client.wait_task(client.shutdown(vmid, timeout=30), what=f"stop CT {vmid}")
         client.wait_task(client.delete_ct(vmid), what=f"delete CT {vmid}")
+    shutil.rmtree(site.site_state_dir, ignore_errors=True)
 
 
 @dataclass(frozen=True)
