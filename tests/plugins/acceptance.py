@@ -126,7 +126,8 @@ def lab_ssh(site_file: Path, known_hosts: Path) -> DeployedLab:
 
 @pytest.fixture(scope="module")
 def lab_deployed(lab_build, lab_server, tmp_path_factory: pytest.TempPathFactory) -> DeployedLab:
-    """The lab site's template deployed as CT 457 (created or replaced), for one test module."""
+    """The lab site's template freshly deployed as CT 457 (a first deploy), for one module."""
     out = tmp_path_factory.mktemp("deploy")
+    remove_lab_ct(LAB_SITE)
     replace_ct(LAB_SITE, lab_build.out_dir, out)
     return lab_ssh(LAB_SITE, out / "known_hosts")
