@@ -39,8 +39,11 @@ READY_TRIES = 100
 READY_PAUSE = 0.2
 STOP_TRIES = 50
 # What a state directory holds (node.py documents it); `down` removes these and nothing else.
+# "pipeline" is the lab site's state_dir (sites/lab.yml): its journal and deploy key describe
+# containers that die with the lab, so they go with it (a stale journal would make replace-ct
+# look for a credentials volume that `down` destroyed).
 STATE_ENTRIES = ("ca.pem", "ca.key", "server.pem", "server.key", "token.secret", "access.json",
-                 "owned.json", "etc", "storage", "lxc", "tasks", "server.pid", "server.log")
+                 "owned.json", "etc", "storage", "lxc", "tasks", "server.pid", "server.log", "pipeline")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,3 +49,7 @@ def test_server_restart_keeps_containers_and_tasks(second_lab, lab_template):
     assert "CT 9191" in lab(second_lab.state, "status")
     ok(px, node.lxc(9191).status.stop.post())
     ok(px, node.lxc(9191).delete(purge=1))
+    # The lab site's pipeline state lives in the lab; `down` (in the fixture) must take it along.
+    journal = second_lab.state / "pipeline" / "lab" / "replace-journal.json"
+    journal.parent.mkdir(parents=True)
+    journal.write_text("{}")
