@@ -231,7 +231,7 @@ def test_400_names_each_bad_parameter(lab_server):
 
 def test_400_refuses_networks_outside_the_lab(lab_server, template):
     for net0, problem in [("name=eth0,bridge=vmbr0,ip=10.157.0.9/24", "is not the lab bridge"),
-                          ("name=eth0,bridge=mrdlab0,ip=192.168.1.164/24", "not a host address in the lab subnet")]:
+                          ("name=eth0,bridge=mrdlab0,ip=192.0.2.164/24", "not a host address in the lab subnet")]:
         resp = _raw(lab_server, "POST", f"/nodes/{NODE}/lxc", vmid="9131", ostemplate=template,
                     unprivileged="1", pool="meridian", net0=net0)
         assert resp.status_code == 400 and problem in resp.json()["errors"]["net0"]

@@ -31,7 +31,7 @@ def address():
 @pytest.mark.parametrize(
     ("cidr", "message"),
     [
-        ("192.168.1.164/24", "address 192.168.1.164/24 is not a host address in the lab subnet"),
+        ("192.0.2.164/24", "address 192.0.2.164/24 is not a host address in the lab subnet"),
         ("10.157.1.5/24", "address 10.157.1.5/24 is not a host address in the lab subnet"),
         ("10.157.0.5/16", "address 10.157.0.5/16 is not a host address in the lab subnet"),
         ("10.157.0.0/24", "address 10.157.0.0/24 is not a host address in the lab subnet"),
