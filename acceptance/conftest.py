@@ -28,6 +28,7 @@ import testinfra
 from acceptance.contract import DEFAULT_MODELS, MANIFEST, MASTER_KEY_ENV, UNITS
 from pipeline.config import Services, Site, load_site
 from pipeline.errors import PipelineError
+from pipeline.replace.ssh import latest_known_hosts
 
 SSH_TIMEOUT = 15  # seconds for the SSH connect (testinfra's own wait is unbounded)
 HTTP_TIMEOUT = 15.0
@@ -120,10 +121,28 @@ def host(pytestconfig: pytest.Config) -> testinfra.host.Host:
         sudo=True,
     )
     try:
-        host.backend.client  # noqa: B018 (connects now, so one clear message for every test)
+        client = host.backend.client  # connects now, so one clear message for every test
     except (paramiko.SSHException, OSError) as exc:
         pytest.fail(f"SSH to {spec} (key {identity}) failed: {exc}", pytrace=False)
+    site = pytestconfig.stash[_SITE]
+    if site is not None:
+        check_pinned_host_key(site, host.backend.host.name, client.get_transport().get_remote_server_key())
     return host
+
+
+def check_pinned_host_key(site: Site, address: str, server_key: paramiko.PKey) -> None:
+    """Testinfra only warns on unknown host keys: compare with the key replace-ct pinned at deploy.
+
+    Runs before any test sends anything (the leak check sends the master key over SSH).
+    """
+    pinned = latest_known_hosts(site.site_state_dir)
+    if pinned is None:
+        return  # never deployed from this state dir: nothing to compare with (testinfra warns)
+    if not paramiko.HostKeys(str(pinned)).check(address, server_key):
+        pytest.fail(
+            f"SSH host key of {address} is not the one pinned when it was deployed ({pinned}): "
+            "refusing to talk to it", pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from pathlib import Path
 from pipeline.config import Site, load_site
 from pipeline.errors import PipelineError
 from pipeline.progress import console
-from pipeline.replace.ssh import SSH
+from pipeline.replace.ssh import SSH, latest_known_hosts
 from pipeline.runner import run as run_tool
 
 SERVICE = "meridian.service"
@@ -66,9 +66,9 @@ def _connect(site: Site) -> SSH:
 
 
 def _known_hosts(state_dir: Path) -> Path:
-    pinned = sorted((state_dir / "known_hosts.d").glob("*"), key=lambda p: p.stat().st_mtime)
+    pinned = latest_known_hosts(state_dir)
     if pinned:
-        return pinned[-1]
+        return pinned
     (state_dir / "known_hosts.d").mkdir(mode=0o700, parents=True, exist_ok=True)
     return state_dir / "known_hosts.d" / "oauth-login"
 

@@ -34,6 +34,12 @@ def ensure_deploy_key(state_dir: Path, comment: str) -> str:
     return pub.read_text().strip()
 
 
+def latest_known_hosts(state_dir: Path) -> Path | None:
+    """The known_hosts file of the newest deployment (the host key replace-ct pinned), if any."""
+    pinned = sorted((state_dir / "known_hosts.d").glob("*"), key=lambda p: p.stat().st_mtime)
+    return pinned[-1] if pinned else None
+
+
 @dataclass(frozen=True)
 class SSH:
     address: str
