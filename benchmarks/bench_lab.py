@@ -17,7 +17,7 @@ from pathlib import Path
 from lab.template import build_small_template
 from pipeline.runner import run
 from tests.plugins.lab import Lab
-from tests.test_lab_api import NET, NODE, _sha256, _ssh_when_up, _upload, ok
+from tests.plugins.pveapi import NET, NODE, ok, sha256, ssh_when_up, upload
 
 STATE = Path("/var/lib/meridian-lab")
 VMID, IP = 9199, "10.157.0.205"
@@ -37,7 +37,7 @@ def main() -> None:
         lap("template build", clock)
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", work / "key"])
         clock = time.monotonic()
-        ok(px, _upload(px, template, "bench-lab_amd64.tar.zst", _sha256(template)))
+        ok(px, upload(px, template, "bench-lab_amd64.tar.zst", sha256(template)))
         lap(f"upload ({template.stat().st_size / 2**20:.0f} MiB, checksum verified)", clock)
         clock = time.monotonic()
         ok(px, node.lxc.post(vmid=VMID, ostemplate="local:vztmpl/bench-lab_amd64.tar.zst",
@@ -46,7 +46,7 @@ def main() -> None:
         lap("create (extract + Proxmox setup)", clock)
         clock = time.monotonic()
         ok(px, node.lxc(VMID).status.start.post())
-        _ssh_when_up(work / "key", IP, "true")
+        ssh_when_up(work / "key", IP, "true")
         lap("start until SSH answers", clock)
         clock = time.monotonic()
         ok(px, node.lxc(VMID).status.shutdown.post(timeout=30, forceStop=1))

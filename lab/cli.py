@@ -96,14 +96,24 @@ def up(args: argparse.Namespace) -> int:
     if lxc.ensure_bridge():
         owned["bridge"] = lxc.BRIDGE
         (state / "owned.json").write_text(json.dumps(owned))
-    _start_daemon(state, args.node, args.port)
+    daemon = _start_daemon(state, args.node, args.port)
     for _ in range(READY_TRIES):
         if _answers(state, args.port):
             _print_access(state, args.port)
             return 0
+        if os.waitpid(daemon, os.WNOHANG)[0] == daemon:
+            raise PipelineError(f"the lab API server exited at start:\n{_log_tail(state)}",
+                                hint=f"whole log: {state / 'server.log'}")
         time.sleep(READY_PAUSE)
     raise PipelineError(f"the lab API did not answer on https://{HOST}:{args.port} in "
-                        f"{READY_TRIES * READY_PAUSE:.0f}s", hint=f"see {state / 'server.log'}")
+                        f"{READY_TRIES * READY_PAUSE:.0f}s; its log ends:\n{_log_tail(state)}",
+                        hint=f"whole log: {state / 'server.log'}")
+
+
+def _log_tail(state: Path, lines: int = 20) -> str:
+    log = state / "server.log"
+    text = log.read_text(errors="replace") if log.exists() else "(no server.log)"
+    return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
 def _ensure_token(state: Path) -> None:
@@ -124,10 +134,11 @@ def _write_secret(path: Path, secret: str) -> None:
     path.chmod(0o600)
 
 
-def _start_daemon(state: Path, node_name: str, port: int) -> None:
-    """Fork the server into its own session; its output goes to server.log."""
-    if os.fork() != 0:
-        return
+def _start_daemon(state: Path, node_name: str, port: int) -> int:
+    """Fork the server into its own session; its output goes to server.log. Returns its PID."""
+    child = os.fork()
+    if child != 0:
+        return child
     os.setsid()
     log = os.open(state / "server.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
     null = os.open(os.devnull, os.O_RDONLY)
@@ -149,10 +160,13 @@ def _reclaim_addresses(node: Node) -> None:
     """After a server restart its running containers keep their addresses (leases name our PID)."""
     guests = Guests(node)
     for vmid in guests.vmids():
-        conf = guests.load(vmid)
-        net = conf.get("net0", "")
-        if guests.running(vmid, conf) and "ip=" in net:
-            lxc.claim_address(net.split("ip=", 1)[1].split(",", 1)[0])
+        try:
+            conf = guests.load(vmid)
+            net = conf.get("net0", "")
+            if guests.running(vmid, conf) and "ip=" in net:
+                lxc.claim_address(net.split("ip=", 1)[1].split(",", 1)[0])
+        except Exception as exc:  # a broken guest never keeps the lab from coming up
+            print(f"CT {vmid}: not reclaimed: {exc}", flush=True)
 
 
 def _answers(state: Path, port: int) -> bool:
@@ -260,8 +274,11 @@ def status(args: argparse.Namespace) -> int:
     guests = Guests(Node(state))
     for vmid in guests.vmids():
         conf = guests.load(vmid)
+        problem = guests.problem(vmid)
         print(f"CT {vmid} {conf.get('hostname', '')}: {'running' if guests.running(vmid, conf) else 'stopped'}"
-              + (f" (lock: {conf['lock']})" if "lock" in conf else ""))
+              + (f" (lock: {conf['lock']})" if "lock" in conf else "")
+              + (f" BROKEN: {problem} (remove it: DELETE /nodes/NODE/lxc/{vmid}, or python -m lab down)"
+                 if problem else ""))
     return 0 if pid else 1
 
 

@@ -17,7 +17,6 @@ import json
 import re
 import secrets
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +211,8 @@ class Guests:
             conf = self.load(vmid)
             self.check_lock(conf, task=True)
             ct = self.container(vmid, conf)
+            if not ct.rootfs.is_dir():
+                raise TaskFailed(f"rootfs volume of CT {vmid} is missing ({ct.rootfs})")
             net = ctsetup.NetConfig.parse(conf["net0"]) if "net0" in conf else None
             address = net.ip if net and net.ip and "/" in net.ip else None
             if address and not lxc.claim_address(address):
@@ -433,7 +434,8 @@ class Guests:
             "cpus": int(conf.get("cores", 1)), "cpu": 0, "disk": 0, "netin": 0, "netout": 0,
             "diskread": 0, "diskwrite": 0, "ha": {"managed": 0},
         }
-        if self.rootfs_path(conf):
+        rootfs = self.rootfs_path(conf)
+        if rootfs and rootfs.exists():
             info["maxdisk"] = self.node.storages.size(parse_props(conf["rootfs"], "volume")["volume"])
         for key in ("lock", "tags"):
             if key in conf:
@@ -443,6 +445,23 @@ class Guests:
             info.update(status="running", pid=pid, uptime=self.node.uptime_of(pid),
                         mem=self.node.memory_of(str(vmid)))
         return info
+
+    def problem(self, vmid: int) -> str | None:
+        """Why this CT cannot run as configured, for `lab status`; None when nothing is wrong.
+
+        Proxmox lists such a guest as stopped and lets DELETE remove it; so does the lab."""
+        conf = self.load(vmid)
+        rootfs = self.rootfs_path(conf)
+        if rootfs is not None and not rootfs.is_dir():
+            return f"rootfs volume missing ({rootfs})"
+        broken = self.container(vmid, conf).config_problem()
+        if broken:
+            return f"LXC cannot load its config: {broken}"
+        starts = [t for t in self.node.tasks.all() if t["type"] == "vzstart" and t["id"] == str(vmid)]
+        if starts and starts[0]["status"] == "stopped" and starts[0]["exitstatus"] != "OK" \
+                and not self.running(vmid, conf):
+            return f"last start failed: {starts[0]['exitstatus']}"
+        return None
 
     def interfaces(self, vmid: int) -> list[dict[str, str]]:
         conf = self.load(vmid)
@@ -458,14 +477,6 @@ class Guests:
                 entry.setdefault(family, f"{addr['local']}/{addr['prefixlen']}")
             result.append(entry)
         return result
-
-    def wait_stopped(self, vmid: int, timeout: float = 30) -> bool:
-        """Bounded wait (used by `lab down`)."""
-        for _ in range(int(timeout * 2)):
-            if not self.running(vmid):
-                return True
-            time.sleep(0.5)
-        return False
 
 
 def has_nesting(conf: dict[str, str]) -> bool:

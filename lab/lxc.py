@@ -247,10 +247,21 @@ class Container:
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def state(self) -> str:
-        """RUNNING, STOPPED, STARTING, STOPPING ... (STOPPED when it has no config)."""
+        """RUNNING, STOPPED, STARTING, STOPPING ... STOPPED when it has no config or LXC cannot
+        load it (a broken guest is listed as Proxmox lists it, never an error for the caller)."""
         if not self.config_path.exists():
             return "STOPPED"
-        return self._lxc("lxc-info", "-s", "-H", capture=True).stdout.strip()
+        proc = self._lxc("lxc-info", "-s", "-H", capture=True, check=range(256))
+        return proc.stdout.strip() if proc.returncode == 0 else "STOPPED"
+
+    def config_problem(self) -> str | None:
+        """Why LXC cannot load this container's config (its own words), or None."""
+        if not self.config_path.exists():
+            return None
+        proc = self._lxc("lxc-info", "-s", "-H", capture=True, check=range(256))
+        if proc.returncode == 0:
+            return None
+        return (proc.stderr.strip().splitlines() or ["lxc-info failed"])[-1]
 
     def pid(self) -> int | None:
         if self.state() != "RUNNING":

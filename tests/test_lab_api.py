@@ -2,41 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 from proxmoxer import ProxmoxAPI, ResourceException
 
 from pipeline.runner import run
+from tests.plugins.pveapi import NET, NODE, TASK_TIMEOUT, ok, sha256, ssh_when_up, upload, wait_task
 
 pytestmark = pytest.mark.integration
 
-NODE = "pve01"
 TEMPLATE = "lab-test-debian-12_amd64.tar.zst"
-NET = "name=eth0,bridge=mrdlab0,ip={ip}/24,gw=10.157.0.1"
-TASK_TIMEOUT = 180
-
-
-def wait_task(px: ProxmoxAPI, upid: str, timeout: float = TASK_TIMEOUT) -> tuple[str, list[str]]:
-    """Bounded wait for a task; (exitstatus, log lines)."""
-    node = px.nodes(NODE)
-    for _ in range(int(timeout / 0.5)):
-        status = node.tasks(upid).status.get()
-        if status["status"] == "stopped":
-            log = [line["t"] for line in node.tasks(upid).log.get(limit=1000)]
-            return status["exitstatus"], log
-        time.sleep(0.5)
-    raise AssertionError(f"task {upid} still running after {timeout}s")
-
-
-def ok(px: ProxmoxAPI, upid: str) -> list[str]:
-    status, log = wait_task(px, upid)
-    assert status == "OK" or status.startswith("WARNINGS:"), "\n".join(log)
-    return log
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +33,7 @@ def px(lab_server) -> ProxmoxAPI:
 @pytest.fixture(scope="session")
 def template(lab_server, lab_template, px, admin) -> str:
     """The small template, uploaded once per session as local:vztmpl/TEMPLATE."""
-    ok(px, _upload(px, lab_template, TEMPLATE, _sha256(lab_template)))
+    ok(px, upload(px, lab_template, TEMPLATE, sha256(lab_template)))
     yield f"local:vztmpl/{TEMPLATE}"
     ok(admin, admin.nodes(NODE).storage("local").content(f"local:vztmpl/{TEMPLATE}").delete())
 
@@ -73,24 +51,6 @@ def cts(admin):
         wait_task(admin, node.lxc(vmid).delete(purge=1))
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _upload(px: ProxmoxAPI, path: Path, name: str, checksum: str) -> str:
-    """proxmoxer names the file part after the open file: upload through a link called name."""
-    link = path.with_name(name)
-    link.unlink(missing_ok=True)
-    link.symlink_to(path)
-    try:
-        with open(link, "rb") as fh:
-            return px.nodes(NODE).storage("local").upload.post(
-                content="vztmpl", filename=fh, **{"checksum-algorithm": "sha256", "checksum": checksum}
-            )
-    finally:
-        link.unlink()
-
-
 def _create(px: ProxmoxAPI, vmid: int, template: str, **extra) -> str:
     params = {"ostemplate": template, "rootfs": "local-lvm:2", "unprivileged": 1, "pool": "meridian",
               "hostname": f"ct{vmid}", "memory": 256, **extra}
@@ -101,25 +61,10 @@ def _volids(px: ProxmoxAPI) -> set[str]:
     return {item["volid"] for item in px.nodes(NODE).storage("local-lvm").content.get()}
 
 
-def _ssh(key: Path, ip: str, command: str) -> str:
-    return run(["ssh", "-i", key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-                "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=5", f"root@{ip}", command],
-               timeout=30).stdout
-
-
-def _ssh_when_up(key: Path, ip: str, command: str, tries: int = 30) -> str:
-    for _ in range(tries):
-        try:
-            return _ssh(key, ip, command)
-        except Exception:
-            time.sleep(1)
-    return _ssh(key, ip, command)
-
-
 def test_lifecycle_upload_create_start_ssh_stop_delete(lab_server, lab_template, lab_workdir, px, cts, admin):
     node = px.nodes(NODE)
     name = "lab-lifecycle_amd64.tar.zst"
-    upload_log = ok(px, _upload(px, lab_template, name, _sha256(lab_template)))
+    upload_log = ok(px, upload(px, lab_template, name, sha256(lab_template)))
     assert "checksum verified" in upload_log
     assert f"local:vztmpl/{name}" in {i["volid"] for i in node.storage("local").content.get()}
     key = lab_workdir / "lifecycle-key"
@@ -140,7 +85,7 @@ def test_lifecycle_upload_create_start_ssh_stop_delete(lab_server, lab_template,
     assert start_status == "OK"  # nesting=1: no systemd warning
     status = node.lxc(9101).status.current.get()
     assert status["status"] == "running" and status["mem"] > 0
-    out = _ssh_when_up(key, "10.157.0.201",
+    out = ssh_when_up(key, "10.157.0.201",
                        "hostname; cat /etc/network/interfaces; findmnt -n -o TARGET /var/lib/meridian; "
                        "cat /etc/resolv.conf; ls /etc/systemd/system-preset/; id -u")
     assert out.splitlines()[0] == "ct9101"
@@ -162,7 +107,7 @@ def test_lifecycle_upload_create_start_ssh_stop_delete(lab_server, lab_template,
 
 def test_upload_with_wrong_checksum_fails_its_task(px, lab_template):
     name = "lab-badsum_amd64.tar.zst"
-    status, log = wait_task(px, _upload(px, lab_template, name, "0" * 64))
+    status, log = wait_task(px, upload(px, lab_template, name, "0" * 64))
     assert status.startswith("checksum mismatch: got '") and f"!= expect '{'0' * 64}'" in status
     assert log[-1].startswith("TASK ERROR: checksum mismatch")
     assert f"local:vztmpl/{name}" not in {i["volid"] for i in px.nodes(NODE).storage("local").content.get()}

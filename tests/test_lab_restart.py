@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.runner import run
 from tests.plugins.lab import REPO, Lab
-from tests.test_lab_api import NET, NODE, _sha256, _upload, ok
+from tests.plugins.pveapi import NET, NODE, ok, sha256, upload
 
 pytestmark = pytest.mark.integration
 PORT = 8007
@@ -33,7 +33,7 @@ def second_lab(lab_workdir: Path):
 def test_server_restart_keeps_containers_and_tasks(second_lab, lab_template):
     px = second_lab.client()
     node = px.nodes(NODE)
-    ok(px, _upload(px, lab_template, "restart_amd64.tar.zst", _sha256(lab_template)))
+    ok(px, upload(px, lab_template, "restart_amd64.tar.zst", sha256(lab_template)))
     ok(px, node.lxc.post(vmid=9191, ostemplate="local:vztmpl/restart_amd64.tar.zst", rootfs="local-lvm:2",
                          unprivileged=1, pool="meridian", features="nesting=1",
                          net0=NET.format(ip="10.157.0.204")))
