@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 from rich.console import Console
 
-console = Console(stderr=True, highlight=False)
+# soft_wrap: a line is never broken at the terminal width, so in a log (CI, `> file`, where rich
+# assumes 80 columns) one step is one line and names stay greppable.
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @dataclass
