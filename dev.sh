@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=.venv
+DEMO_KEY=/var/lib/meridian-lab/pipeline/demo-master.key
 
 setup() {
     [ "$(id -u)" = 0 ] || { echo "run as root (containers, mounts, apt)" >&2; exit 2; }
@@ -32,11 +33,24 @@ case "${1:-}" in
     setup) setup ;;
     demo)
         setup
-        export MERIDIAN_LAB_MASTER_KEY="${MERIDIAN_LAB_MASTER_KEY:-sk-$("$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(32))')}"
+        # The lab CT's master key: generated once and kept beside the lab site's state, so a
+        # rerun deploys and checks the same key; `lab down` removes it with the container.
+        if [ -z "${MERIDIAN_LAB_MASTER_KEY:-}" ]; then
+            if [ ! -s "$DEMO_KEY" ]; then
+                (umask 077; mkdir -p "$(dirname "$DEMO_KEY")"; "$VENV/bin/python" -c 'import secrets; print("sk-" + secrets.token_urlsafe(32))' > "$DEMO_KEY")
+            fi
+            MERIDIAN_LAB_MASTER_KEY="$(cat "$DEMO_KEY")"
+        fi
+        export MERIDIAN_LAB_MASTER_KEY
         "$VENV/bin/python" -m pipeline build --site sites/lab.yml --out build/lab
         "$VENV/bin/python" -m lab up
         "$VENV/bin/python" -m pipeline replace-ct --site sites/lab.yml --template build/lab --yes
         "$VENV/bin/pytest" acceptance/ --site sites/lab.yml -m image
+        echo
+        echo "The appliance runs in the lab. What you can do next:"
+        "$VENV/bin/python" -m pipeline endpoints --site sites/lab.yml
+        [ ! -s "$DEMO_KEY" ] || echo "  this demo keeps MERIDIAN_LAB_MASTER_KEY in $DEMO_KEY: export MERIDIAN_LAB_MASTER_KEY=\"\$(cat $DEMO_KEY)\""
+        echo "  remove the lab (containers, volumes, bridge, server): $VENV/bin/python -m lab down"
         ;;
     test)
         setup

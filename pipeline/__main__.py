@@ -18,6 +18,7 @@ COMMANDS = {
     "seed": ("pipeline.cloudinit.cli", "render cloud-init user-data, meta-data, network-config and seed.iso"),
     "replace-ct": ("pipeline.replace.cli", "create or replace the container from a template"),
     "oauth-login": ("pipeline.oauth", "one-time Claude OAuth login inside the container"),
+    "endpoints": ("pipeline.endpoints", "how clients reach the deployed appliance"),
 }
 
 EXIT_USER_ERROR = 2
