@@ -276,7 +276,7 @@ def claude_status(host: testinfra.host.Host) -> tuple[int, dict]:
 
 @pytest.fixture(scope="session")
 def manifest(host: testinfra.host.Host) -> dict:
-    """The deployed manifest: /usr/share/meridian-appliance/manifest.json."""
+    """The deployed manifest (contract.MANIFEST)."""
     return json.loads(host.check_output(f"cat {MANIFEST}"))
 
 

@@ -12,5 +12,5 @@ USERS = (("meridian", 901, "/var/lib/meridian"), ("litellm", 902, "/var/lib/lite
 CREDENTIALS_DIR = "/var/lib/meridian/.claude"
 CREDENTIALS_FILE = f"{CREDENTIALS_DIR}/.credentials.json"
 MASTER_KEY_ENV = "/etc/litellm/litellm.env"
-MANIFEST = "/usr/share/meridian-appliance/manifest.json"
+MANIFEST = "/etc/meridian-appliance/manifest.json"
 DEFAULT_MODELS = ("claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-7")

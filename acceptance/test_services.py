@@ -24,9 +24,14 @@ def test_service_enabled(host, name):
     assert host.run(f"systemctl is-enabled {UNITS[name]}").stdout.strip() == "enabled"
 
 
-def test_litellm_requires_meridian(host):
-    requires = host.check_output(f"systemctl show -p Requires --value {UNITS['litellm']}")
-    assert UNITS["meridian"] in requires.split()
+def test_litellm_wants_meridian_without_requiring_it(host):
+    """LiteLLM starts after Meridian, but a Meridian restart (its extension swapped in place)
+    must not restart LiteLLM: Wants=, not Requires=."""
+    props = dict(line.split("=", 1) for line in host.check_output(
+        f"systemctl show -p Wants -p Requires -p After {UNITS['litellm']}").splitlines())
+    assert UNITS["meridian"] in props["Wants"].split()
+    assert UNITS["meridian"] in props["After"].split()
+    assert UNITS["meridian"] not in props["Requires"].split()
 
 
 @pytest.mark.parametrize("layer", LAYERS)

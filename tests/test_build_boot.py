@@ -119,11 +119,12 @@ def test_services_have_the_designed_environment(booted):
     assert {"DISABLE_TELEMETRY=1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1"} <= set(env)
     assert meridian["User"] == "meridian"
     assert "systemd-sysext.service" in meridian["After"].split()
-    litellm = unit_props(ct, "litellm.service", "Environment", "Requires", "After", "PrivateTmp")
+    litellm = unit_props(ct, "litellm.service", "Environment", "Wants", "Requires", "After", "PrivateTmp")
     assert {"LITELLM_LOCAL_MODEL_COST_MAP=True", "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS=True",
             "LITELLM_MODE=PRODUCTION", "LITELLM_TELEMETRY_DISABLED=true", "DISABLE_ADMIN_UI=True",
             "NO_DOCS=True"} <= set(litellm["Environment"].split())
-    assert "meridian.service" in litellm["Requires"].split()
+    assert "meridian.service" in litellm["Wants"].split()
+    assert "meridian.service" not in litellm["Requires"].split()
     assert {"meridian.service", "systemd-sysext.service"} <= set(litellm["After"].split())
     assert litellm["PrivateTmp"] == "yes"
 
@@ -137,11 +138,13 @@ def test_node_exporter_serves_metrics_on_the_lab_address(booted):
 
 def test_deployed_manifest_matches_the_build(booted, lab_build):
     ct, _ = booted
-    inside = json.loads(sh(ct, "cat /usr/share/meridian-appliance/manifest.json"))
+    inside = json.loads(sh(ct, "cat /etc/meridian-appliance/manifest.json"))
     assert inside["components"]["node"] == lab_build.manifest["components"]["node"]
     assert inside["template"]["version"] == lab_build.manifest["template"]["version"]
     for name in LAYER_NAMES:
         assert inside["layers"][name] == lab_build.manifest["layers"][name]["key"]
+    assert inside == lab_build.manifest["image_manifest"]  # what an extension swap writes
+    assert inside["system"] == lab_build.manifest["system"]
 
 
 def test_ssh_host_keys_are_made_at_first_boot_not_shipped(booted):

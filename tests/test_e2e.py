@@ -67,7 +67,7 @@ def test_build_deploy_login_upgrade(lab_build, lab_server, tmp_path: Path):
 
     lab = lab_ssh(site, tmp_path / "known_hosts-2")
     assert lab.root(f"sha256sum {CREDENTIALS}").split()[0] == credentials
-    deployed = json.loads(lab.root("cat /usr/share/meridian-appliance/manifest.json"))
+    deployed = json.loads(lab.root("cat /etc/meridian-appliance/manifest.json"))
     assert deployed["components"]["meridian"] == version
 
 

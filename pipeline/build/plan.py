@@ -18,7 +18,7 @@ from pathlib import Path
 from pipeline.build import base as base_layer
 from pipeline.build import litellm, meridian, node, template
 from pipeline.build.cache import Cache, file_sha256
-from pipeline.build.context import BuildContext
+from pipeline.build.context import BuildContext, read_toml
 from pipeline.build.layers import Layer
 from pipeline.cloudinit import write_seed
 from pipeline.config import Site
@@ -64,7 +64,7 @@ def build(site: Site, out: Path, cache_root: Path, *, update_lock: bool = False)
         seed = write_seed(site, out / "seed", instance_id=f"{tmpl.name}-{tmpl.version}")
         artifacts += [artifact(out, "seed", path) for path in seed]
     with step("write manifest"):
-        doc = manifest(tmpl, base, layers, artifacts)
+        doc = manifest(tmpl, base, layers, artifacts, read_toml(ctx.sysext_dir / "restart.toml"))
         (out / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n")
     return doc
 
@@ -98,7 +98,7 @@ def artifact(out: Path, kind: str, path: Path) -> dict:
 
 
 def manifest(tmpl: template.Template, base: base_layer.Base, layers: dict[str, Layer],
-             artifacts: list[dict]) -> dict:
+             artifacts: list[dict], restart: dict[str, list[str]]) -> dict:
     inside = tmpl.image_manifest
     return {
         "template": {"name": tmpl.name, "version": tmpl.version, "file": tmpl.filename,
@@ -110,6 +110,11 @@ def manifest(tmpl: template.Template, base: base_layer.Base, layers: dict[str, L
         "layers": {name: {"key": layer.key, "rebuilt": layer.rebuilt}
                    for name, layer in sorted(layers.items())},
         "debian_packages": inside["debian_packages"],
+        # For replace-ct's in-place extension swap: what must match (system), what to write
+        # into the container (image_manifest), which units each layer's swap restarts.
+        "system": inside["system"],
+        "image_manifest": inside,
+        "restart": restart,
     }
 
 

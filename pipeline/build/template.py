@@ -17,7 +17,9 @@ from pipeline.build.rules import check_template
 from pipeline.progress import Skip, step
 from pipeline.runner import run
 
-MANIFEST_IN_IMAGE = "usr/share/meridian-appliance/manifest.json"
+# In /etc, not /usr: an in-place extension swap (replace-ct) rewrites it, and the merged /usr
+# must stay exactly what the base and the extensions hold.
+MANIFEST_IN_IMAGE = "etc/meridian-appliance/manifest.json"
 EXTENSIONS_DIR = "var/lib/extensions"
 # zstd level: about as small as -19 for this content at a fraction of the time on 2 cores.
 ZSTD_LEVEL = "-9"
@@ -44,12 +46,18 @@ class Template:
         return json.loads((self.entry / "manifest.json").read_text())
 
 
+def system_key(ctx: BuildContext, base: Base) -> str:
+    """Everything in the template but the extensions: two templates with the same system key
+    differ only in extension layers, so replace-ct can swap those in place."""
+    return (Key("system").text("base", base.key)
+            .tree("overlay", ctx.image_dir / "rootfs")
+            .file("units", ctx.image_dir / "units.toml")
+            .file("cleanup", ctx.image_dir / "cleanup.txt")
+            .file("code", Path(__file__))).hexdigest()
+
+
 def template_key(ctx: BuildContext, base: Base, layers: dict[str, Layer]) -> str:
-    key = (Key("template").text("name", ctx.site.image.name).text("base", base.key)
-           .tree("overlay", ctx.image_dir / "rootfs")
-           .file("units", ctx.image_dir / "units.toml")
-           .file("cleanup", ctx.image_dir / "cleanup.txt")
-           .file("code", Path(__file__)))
+    key = Key("template").text("name", ctx.site.image.name).text("system", system_key(ctx, base))
     for name, layer in sorted(layers.items()):
         key.text(f"layer:{name}", layer.key)
     return key.hexdigest()
@@ -66,7 +74,7 @@ def build(ctx: BuildContext, base: Base, layers: dict[str, Layer]) -> Template:
             raise Skip(f"cached ({key[:12]})")
         with ctx.cache.filling("templates", template.name, key) as scratch:
             rootfs = ctx.work / "template-rootfs"
-            doc = image_manifest(template, base, layers)
+            doc = image_manifest(template, system_key(ctx, base), base, layers)
             assemble(ctx, base, layers, rootfs, doc)
             pack(ctx, rootfs, scratch / template.filename)
             (scratch / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -75,13 +83,14 @@ def build(ctx: BuildContext, base: Base, layers: dict[str, Layer]) -> Template:
     return template
 
 
-def image_manifest(template: Template, base: Base, layers: dict[str, Layer]) -> dict:
-    """What is inside: shipped as /usr/share/meridian-appliance/manifest.json."""
+def image_manifest(template: Template, system: str, base: Base, layers: dict[str, Layer]) -> dict:
+    """What is inside: shipped as /etc/meridian-appliance/manifest.json."""
     components: dict[str, str] = {}
     for layer in layers.values():
         components |= layer.versions
     return {
         "template": {"name": template.name, "version": template.version},
+        "system": system,
         "components": components,
         "layers": {name: layer.key for name, layer in sorted(layers.items())},
         "debian_packages": debian_packages(base.rootfs),
