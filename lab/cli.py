@@ -25,7 +25,7 @@ from pathlib import Path
 import requests
 import yaml
 
-from lab import lxc
+from lab import lxc, thin
 from lab.guests import Guests
 from lab.node import DEFAULT_NODE, DEFAULT_STATE, Node
 from lab.server import serve, tls_context
@@ -215,6 +215,9 @@ def down(args: argparse.Namespace) -> int:
             lxc.Container(ct_dir.name, state / "lxc").destroy(keep_rootfs=True)
         except PipelineError as exc:
             print(f"could not stop container {ct_dir.name}: {exc}", file=sys.stderr)
+    # Linked clones' overlays first: removing the storage through a mounted overlay would not free it.
+    for storage_dir in sorted((state / "storage").glob("*")) if (state / "storage").is_dir() else []:
+        thin.deactivate_all(storage_dir)
     if _owned(state).get("bridge") and not lxc.remove_bridge(_owned(state)["bridge"]):
         print(f"kept bridge {lxc.BRIDGE}: other containers are still attached to it")
     for entry in STATE_ENTRIES:

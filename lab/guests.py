@@ -14,8 +14,10 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,10 @@ VOLUME_KEY = re.compile(r"rootfs|mp\d+|unused\d+")
 CREATE_ONLY = {"vmid", "node", "ostemplate", "ssh-public-keys", "password", "storage", "pool",
                "start", "restore", "force", "unique", "ignore-unpack-errors", "bwlimit"}
 SHUTDOWN_DEFAULT = 60
+# Proxmox waits this long for a guest's config lock (lock_config) before giving up.
+CONFIG_LOCK_TIMEOUT = 10
+# Config keys a clone does not take over (pve-container clone_vm).
+CLONE_DROPS = {"lock", "template", "snapshots", "parent", "snaptime", "snapstate", "pending"}
 
 
 class Guests:
@@ -149,7 +155,7 @@ class Guests:
         for key in [k for k in conf if re.fullmatch(r"net\d+", k)]:
             net = parse_props(conf[key])
             # Proxmox assigns a MAC at create (BC:24:11 is its OUI) and keeps it in the config.
-            net.setdefault("hwaddr", "BC:24:11:" + ":".join(f"{b:02X}" for b in secrets.token_bytes(3)))
+            net.setdefault("hwaddr", new_mac())
             net.setdefault("type", "veth")
             conf[key] = format_props(net)
         conf["lock"] = "create"
@@ -172,6 +178,7 @@ class Guests:
                 self.node.storages.free(volid)
             self.conf_path(vmid).unlink(missing_ok=True)
             raise
+        log.settle()
         del conf["lock"]
         self.save(vmid, conf)
         if params.get("pool"):
@@ -201,6 +208,8 @@ class Guests:
 
     def start(self, vmid: int, user: str) -> str:
         conf = self.load(vmid)
+        # Proxmox checks the lock in the worker (as the template check below); the lab has always
+        # answered it at once (tests/test_lab_api.py), and the worker checks again.
         self.check_lock(conf)
         if self.running(vmid, conf):
             raise ApiError(500, f"CT {vmid} already running")
@@ -209,7 +218,10 @@ class Guests:
     def _start_work(self, vmid: int, log: TaskLog) -> None:
         with self.vm_lock(vmid):
             conf = self.load(vmid)
+            if is_template(conf):  # checked in the worker, as pve-container does
+                raise TaskFailed("you can't start a CT if it's a template")
             self.check_lock(conf, task=True)
+            self._activate(conf)
             ct = self.container(vmid, conf)
             if not ct.rootfs.is_dir():
                 raise TaskFailed(f"rootfs volume of CT {vmid} is missing ({ct.rootfs})")
@@ -225,7 +237,28 @@ class Guests:
                 memory_mib=int(conf.get("memory", 512)), hwaddr=net.hwaddr if net else None,
                 lxc_sets_address=False,  # as on Proxmox: the CT's ifupdown, from net0
             )
+            log.settle()  # a real node's prestart hook has run by now (lab/data/costs.yml)
             ct.start()
+
+    def _mounted_volumes(self, conf: dict[str, str]) -> list[str]:
+        """Volids of rootfs and volume mpN (what mount_all mounts; not bind mounts, not unusedN)."""
+        return [parse_props(conf[k], "volume")["volume"] for k in self.volume_specs(conf)
+                if not parse_props(conf[k], "volume")["volume"].startswith("/")
+                and not NEW_VOLUME.fullmatch(parse_props(conf[k], "volume")["volume"])]
+
+    def _activate(self, conf: dict[str, str]) -> None:
+        """Activate the CT's volumes before use (a linked clone's overlay gets mounted)."""
+        for volid in self._mounted_volumes(conf):
+            if self.node.storages.volume_dir(volid).is_dir():
+                self.node.storages.activate(volid)
+
+    def _deactivate(self, conf: dict[str, str]) -> None:
+        """After the CT stopped: a linked clone's overlay is unmounted (as Proxmox unmounts the rootfs)."""
+        for volid in self._mounted_volumes(conf):
+            try:
+                self.node.storages.deactivate(volid)
+            except (TaskFailed, OSError, subprocess.SubprocessError) as exc:
+                print(f"deactivating {volid} failed: {exc}", flush=True)
 
     def _mounts(self, conf: dict[str, str]) -> list[lxc.Mount]:
         mounts = []
@@ -237,7 +270,8 @@ class Guests:
         return mounts
 
     @staticmethod
-    def _start_warnings(rootfs: Path, conf: dict[str, str], log: TaskLog) -> None:
+    def _systemd_warning(rootfs: Path, conf: dict[str, str], log: TaskLog) -> None:
+        """LXC::Setup's check_systemd_nesting (at start and in a clone's post_clone_hook)."""
         if has_nesting(conf):
             return
         systemd = sorted(rootfs.glob("usr/lib/systemd/libsystemd-shared-*.so")) or sorted(
@@ -245,6 +279,12 @@ class Guests:
         if systemd:
             version = re.sub(r"\D.*", "", systemd[-1].name.removeprefix("libsystemd-shared-"))
             log.warn(f"Systemd {version} detected. You may need to enable nesting.")
+
+    @classmethod
+    def _start_warnings(cls, rootfs: Path, conf: dict[str, str], log: TaskLog) -> None:
+        cls._systemd_warning(rootfs, conf, log)
+        if has_nesting(conf):
+            return
         extensions = rootfs / "var/lib/extensions"
         if extensions.is_dir() and any(extensions.iterdir()):
             # Real Proxmox's AppArmor profile denies the overlay mount without nesting (DESIGN §5).
@@ -259,6 +299,7 @@ class Guests:
         def work(log: TaskLog) -> None:
             self.container(vmid, conf).stop(force=True)
             self._release(conf)
+            log.settle()
         return self.node.tasks.start("vzstop", str(vmid), user, work)
 
     def shutdown(self, vmid: int, params: dict[str, Any], user: str) -> str:
@@ -290,8 +331,8 @@ class Guests:
             self._start_work(vmid, log)
         return self.node.tasks.start("vzreboot", str(vmid), user, work)
 
-    @staticmethod
-    def _release(conf: dict[str, str]) -> None:
+    def _release(self, conf: dict[str, str]) -> None:
+        self._deactivate(conf)
         net = ctsetup.NetConfig.parse(conf["net0"]) if "net0" in conf else None
         if net and net.ip and "/" in net.ip:
             lxc.release_address(net.ip)
@@ -326,9 +367,220 @@ class Guests:
                             storages.free(item["volid"])
                             log.line(f"freed unreferenced volume {item['volid']}")
             self.container(vmid, conf).destroy(keep_rootfs=True)
+            log.settle()
             self.conf_path(vmid).unlink()
             if params.get("purge"):
                 self.node.access.set_pool(vmid, None)
+
+    # -- template and clone (pve-container API2/LXC.pm template, clone_vm) --------------
+
+    def make_template(self, vmid: int, user: str) -> None:
+        """Checks in Proxmox's order under the config lock, then a vztemplate task; the call
+        itself answers null. The worker keeps the config lock (Proxmox's forked worker inherits
+        the flock), so a clone right after waits for the conversion to finish."""
+        lock = self.vm_lock(vmid)
+        if not lock.acquire(timeout=CONFIG_LOCK_TIMEOUT):
+            raise ApiError(500, f"can't lock file '/run/lock/lxc/pve-config-{vmid}.lock' - got timeout")
+        holding = threading.Event()
+        try:
+            conf = self.load(vmid)
+            self.check_lock(conf)
+            if is_template(conf):
+                raise ApiError(500, "you can't convert a template to a template")
+            if self.running(vmid, conf):
+                raise ApiError(500, "you can't convert a CT to template if the CT is running")
+
+            def work(log: TaskLog) -> None:
+                with self.vm_lock(vmid):
+                    holding.set()
+                    self._template_work(vmid, log)
+            self.node.tasks.start("vztemplate", str(vmid), user, work)
+        finally:
+            lock.release()
+        holding.wait(timeout=CONFIG_LOCK_TIMEOUT)
+
+    def _template_work(self, vmid: int, log: TaskLog) -> None:
+        conf = self.load(vmid)
+        storages = self.node.storages
+        keys = [k for k in self.volume_specs(conf)]
+        for key in keys:  # PVE::LXC::template_create: every volume first, then the renames
+            volid = parse_props(conf[key], "volume")["volume"]
+            if volid.startswith("/") or ":" not in volid:
+                raise TaskFailed(f"unable to parse volume ID '{volid}'")
+            if not storages.has_feature("template", volid):
+                raise TaskFailed(f"Template feature is not available for '{volid}'")
+        for key in keys:
+            props = parse_props(conf[key], "volume")
+            storages.deactivate(props["volume"])
+            new = storages.make_base(props["volume"])
+            if new != props["volume"]:
+                old_name, new_name = props["volume"].partition(":")[2], new.partition(":")[2]
+                log.line(f'  Renamed "{old_name}" to "{new_name}" (lab: the volume directory)')
+            props["volume"] = new
+            conf[key] = format_props(props, "volume")
+            self.save(vmid, conf)
+        log.settle()
+        conf["template"] = "1"
+        self.save(vmid, conf)
+        self.container(vmid, conf).destroy(keep_rootfs=True)  # update_lxc_config: no LXC config
+
+    def clone(self, vmid: int, params: dict[str, Any], user: str) -> str:
+        """Synchronous checks in pve-container's order (clone_vm), then the vzclone task (its id:
+        the source). The source gets ``lock: disk`` and the new CT a config with ``lock: create``
+        until the task ends."""
+        newid, storage, pool = int(params["newid"]), params.get("storage"), params.get("pool")
+        storages = self.node.storages
+        if pool is not None and not self.node.access.pool_exists(pool):
+            raise ApiError(403, f"Permission check failed (pool '{pool}' does not exist)")
+        target = params.get("target")
+        if target and target not in (self.node.name, "localhost"):
+            raise ApiError(500, f"no such cluster node '{target}'")
+        if storage and not storages.exists(storage):
+            raise ApiError(500, f"storage '{storage}' does not exist")
+        with self._create_lock:
+            source = self._set_lock(vmid, "disk")
+            if self.conf_path(newid).exists():
+                self._remove_lock(vmid, "disk")
+                raise ApiError(500, f"CT {newid} already exists on node '{self.node.name}'")
+            self.save(newid, {"lock": "create"})
+        try:
+            running = self.running(vmid, source)
+            full = bool(params["full"]) if "full" in params else not is_template(source)
+            newconf, volumes = self._clone_conf(source, params, full, running, user)
+            self.save(newid, newconf)
+        except BaseException:
+            self._remove_lock(vmid, "disk")
+            self.conf_path(newid).unlink(missing_ok=True)
+            raise
+
+        def work(log: TaskLog) -> None:
+            self._clone_work(vmid, newid, params, volumes, full, running, log)
+        return self.node.tasks.start("vzclone", str(vmid), user, work)
+
+    def _set_lock(self, vmid: int, lock: str) -> dict[str, str]:
+        held = self.vm_lock(vmid)
+        if not held.acquire(timeout=CONFIG_LOCK_TIMEOUT):
+            raise ApiError(500, f"can't lock file '/run/lock/lxc/pve-config-{vmid}.lock' - got timeout")
+        try:
+            conf = self.load(vmid)
+            self.check_lock(conf)
+            conf["lock"] = lock
+            self.save(vmid, conf)
+            return conf
+        finally:
+            held.release()
+
+    def _remove_lock(self, vmid: int, lock: str) -> None:
+        with self.vm_lock(vmid):
+            if self.conf_path(vmid).exists():
+                conf = self.load(vmid)
+                if conf.get("lock") == lock:
+                    del conf["lock"]
+                    self.save(vmid, conf)
+
+    def _clone_conf(self, source: dict[str, str], params: dict[str, Any], full: bool, running: bool,
+                    user: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+        """The new CT's config and the volumes to clone, with clone_vm's checks in its order."""
+        storage = params.get("storage")
+        if storage is not None and not full:
+            raise ApiError(500, "parameter 'storage' not allowed for linked clones")
+        if params.get("snapname"):
+            raise ApiError(500, f"snapshot '{params['snapname']}' does not exist")  # the lab has none
+        newconf: dict[str, str] = {}
+        volumes: dict[str, dict[str, str]] = {}
+        for key in sorted(source):  # Perl's sort keys: mp0 before net0 before rootfs
+            value = source[key]
+            if re.fullmatch(r"unused\d+", key):
+                continue
+            if key == "rootfs" or re.fullmatch(r"mp\d+", key):
+                props = parse_props(value, "volume")
+                volid = props["volume"]
+                if volid.startswith("/"):
+                    kind = "device" if volid.startswith("/dev/") else "bind"
+                    raise ApiError(500, f"unable to clone mountpoint '{key}' ({'type ' + kind})")
+                sid = storage if storage is not None else volid.partition(":")[0]
+                if self.node.access.missing(user, f"/storage/{sid}", ["Datastore.AllocateSpace"]):
+                    raise forbidden(f"/storage/{sid}", "Datastore.AllocateSpace")
+                if full:
+                    if running:
+                        raise ApiError(500, "Full clone of a running container is only possible from a snapshot")
+                elif not self.node.storages.has_feature("clone", volid):
+                    raise ApiError(500, f"Linked clone feature for '{volid}' is not available")
+                volumes[key] = props
+            elif re.fullmatch(r"net\d+", key):
+                net = parse_props(value)
+                net["hwaddr"] = new_mac()  # pve-container: "always change MAC! address"
+                newconf[key] = format_props(net)
+            else:
+                newconf[key] = value
+        for key in CLONE_DROPS:
+            newconf.pop(key, None)
+        newconf["lock"] = "create"
+        for key in ("hostname", "description"):
+            if params.get(key):
+                newconf[key] = str(params[key])
+        return newconf, volumes
+
+    def _update_new(self, newid: int, changes: dict[str, str | None]) -> dict[str, str]:
+        """Change the new CT's config while it still has the create lock (lock_and_reload)."""
+        with self.vm_lock(newid):
+            conf = self.load(newid)
+            if conf.get("lock") != "create":
+                raise TaskFailed("Lost 'create' config lock, aborting.")
+            for key, value in changes.items():
+                if value is None:
+                    conf.pop(key, None)
+                else:
+                    conf[key] = value
+            self.save(newid, conf)
+            return conf
+
+    def _clone_work(self, vmid: int, newid: int, params: dict[str, Any], volumes: dict[str, dict[str, str]],
+                    full: bool, running: bool, log: TaskLog) -> None:
+        storages = self.node.storages
+        made: list[str] = []
+        log.line(f"creating a clone of container {vmid} with ID {newid}")
+        try:
+            if self.running(vmid) != running:
+                raise TaskFailed("unexpected state change")
+            for key in sorted(volumes, key=lambda k: (k != "rootfs", k)):
+                props = dict(volumes[key])
+                volid = props["volume"]
+                if full:
+                    log.line(f"create full clone of mountpoint {key} ({volid})")
+                    target = params.get("storage") or volid.partition(":")[0]
+                    props["volume"] = storages.copy(volid, target, newid, params.get("bwlimit"))
+                else:
+                    log.line(f"create linked clone of mount point {key} ({volid})")
+                    props["volume"] = storages.link(volid, newid)
+                made.append(props["volume"])
+                self._update_new(newid, {key: format_props(props, "volume")})
+            if params.get("pool"):
+                self.node.access.set_pool(newid, params["pool"])
+            conf = self._update_new(newid, {})
+            self._activate(conf)  # mount_all
+            try:
+                rootfs = self.rootfs_path(conf)
+                if rootfs is not None:
+                    _post_clone_hook(rootfs)
+                    self._systemd_warning(rootfs, conf, log)
+            finally:
+                self._deactivate(conf)  # umount_all
+        except BaseException as exc:
+            self._remove_lock(vmid, "disk")
+            for volid in made:
+                try:
+                    storages.free(volid)
+                except Exception as free_exc:  # as Proxmox: warn and go on
+                    log.warn(str(free_exc))
+            if params.get("pool"):
+                self.node.access.set_pool(newid, None)
+            self.conf_path(newid).unlink(missing_ok=True)
+            message = exc.args[0] if isinstance(exc, TaskFailed) and exc.args else str(exc)
+            raise TaskFailed(f"clone failed: {message}") from exc
+        self._remove_lock(vmid, "disk")
+        log.settle()
+        self._update_new(newid, {"lock": None})
 
     # -- move_volume -----------------------------------------------------------------
 
@@ -400,6 +652,11 @@ class Guests:
                     allocated: list[str] = []
                     value = self._attach_volume(vmid, str(value), allocated, TaskLog(Path("/dev/null")))
                     self._unuse_replaced(conf, key, value)
+                elif re.fullmatch(r"net\d+", key):
+                    net = parse_props(str(value))
+                    net.setdefault("hwaddr", new_mac())  # parse_lxc_network: no hwaddr, a new random MAC
+                    net.setdefault("type", "veth")
+                    value = format_props(net)
                 conf[key] = str(value)
             self.save(vmid, conf)
 
@@ -440,6 +697,8 @@ class Guests:
         for key in ("lock", "tags"):
             if key in conf:
                 info[key] = conf[key]
+        if is_template(conf):
+            info["template"] = 1
         pid = ct.pid()
         if pid:
             info.update(status="running", pid=pid, uptime=self.node.uptime_of(pid),
@@ -477,6 +736,36 @@ class Guests:
                 entry.setdefault(family, f"{addr['local']}/{addr['prefixlen']}")
             result.append(entry)
         return result
+
+
+def is_template(conf: dict[str, str]) -> bool:
+    return conf.get("template") == "1"
+
+
+def new_mac() -> str:
+    """A random MAC with Proxmox's prefix (BC:24:11)."""
+    return "BC:24:11:" + ":".join(f"{b:02X}" for b in secrets.token_bytes(3))
+
+
+def _post_clone_hook(rootfs: Path) -> None:
+    """LXC::Setup::Base::post_clone_hook = clear_machine_id($conf, 1), nothing else: with systemd,
+    /var/lib/dbus/machine-id (unless a symlink) goes and an existing /etc/machine-id is truncated
+    to a newline unless it says "uninitialized". No new SSH host keys (only post_create_hook)."""
+    uses_systemd = any(os.access(rootfs / p, os.X_OK) and (rootfs / p).is_file()
+                       for p in ("lib/systemd/systemd", "usr/lib/systemd/systemd"))
+    if not uses_systemd:
+        machine_id = rootfs / "etc" / "machine-id"
+        if machine_id.is_file() and not machine_id.is_symlink():
+            machine_id.write_text("")
+        return
+    dbus_id = rootfs / "var" / "lib" / "dbus" / "machine-id"
+    if (dbus_id.exists() or dbus_id.is_symlink()) and not dbus_id.is_symlink():
+        dbus_id.unlink()
+    machine_id = rootfs / "etc" / "machine-id"
+    if machine_id.is_file() and not machine_id.is_symlink():
+        first = (machine_id.read_text(errors="replace").splitlines() or [""])[0]
+        if first != "uninitialized":
+            machine_id.write_text("\n")
 
 
 def has_nesting(conf: dict[str, str]) -> bool:

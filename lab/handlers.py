@@ -82,7 +82,7 @@ def resources(ctx: Context, params: dict[str, Any]) -> Any:
     if kind in (None, "vm"):
         for entry in lxc_list(ctx, {}):
             pool = ctx.node.access.pool_of(entry["vmid"])
-            items.append({**entry, "id": f"lxc/{entry['vmid']}", "node": ctx.node.name, "template": 0,
+            items.append({"template": 0, **entry, "id": f"lxc/{entry['vmid']}", "node": ctx.node.name,
                           **({"pool": pool} if pool else {})})
     if kind in (None, "storage"):
         for item in storage_list(ctx, {}):
@@ -183,6 +183,19 @@ def shutdown(ctx: Context, params: dict[str, Any]) -> Any:
 def reboot(ctx: Context, params: dict[str, Any]) -> Any:
     _node(ctx, params)
     return ctx.guests.reboot(params["vmid"], params, ctx.user)
+
+
+@api("POST", CT + "/template")
+def template(ctx: Context, params: dict[str, Any]) -> Any:
+    _node(ctx, params)
+    ctx.guests.make_template(params["vmid"], ctx.user)
+    return None  # Proxmox answers null; the conversion runs as a vztemplate task
+
+
+@api("POST", CT + "/clone")
+def clone(ctx: Context, params: dict[str, Any]) -> Any:
+    _node(ctx, params)
+    return ctx.guests.clone(params["vmid"], params, ctx.user)
 
 
 @api("POST", CT + "/move_volume")

@@ -172,27 +172,42 @@ def _reason_phrase(message: str) -> str:
 
 
 def check_permissions(node: Node, endpoint: Endpoint, params: dict[str, Any], user: str) -> None:
-    """Evaluate the schema's ``check`` (["perm", "/vms/{vmid}", [privs], "any", 1] and and/or)."""
+    """Evaluate the schema's ``check`` as pve-access-control's exec_api2_perm_check does:
+    ``and`` fails at its first failing part with that part's error, ``or`` with a bare
+    "Permission check failed", ``perm`` with "(path, priv)" ("(path, A|B)" for ``any``)."""
     check = endpoint.permissions.get("check")
-    if check and not _passes(node, check, params, user):
-        path, privs = _first_perm(check)
-        raise forbidden(_fill(path, params), privs[0])
+    if check:
+        _exec_check(node, check, params, user, noerr=False)
 
 
-def _passes(node: Node, check: list, params: dict[str, Any], user: str) -> bool:
+def _exec_check(node: Node, check: list, params: dict[str, Any], user: str, noerr: bool) -> bool:
     kind = check[0]
     if kind == "and":
-        return all(_passes(node, c, params, user) for c in check[1:])
+        # Proxmox runs the parts without noerr: a failing part raises even inside an "or".
+        return all(_exec_check(node, part, params, user, noerr=False) for part in check[1:])
     if kind == "or":
-        return any(_passes(node, c, params, user) for c in check[1:])
+        if any(_exec_check(node, part, params, user, noerr=True) for part in check[1:]):
+            return True
+        if noerr:
+            return False
+        raise ApiError(403, "Permission check failed")
     if kind == "perm":
-        any_of = "any" in check[3:]
-        return node.access.missing(user, _fill(check[1], params), check[2], any_of=any_of) is None
-    return False  # a check kind the lab does not know: refuse rather than allow
-
-
-def _first_perm(check: list) -> tuple[str, list[str]]:
-    return (check[1], check[2]) if check[0] == "perm" else _first_perm(check[1])
+        options = dict(zip(check[3::2], check[4::2], strict=False))
+        required = options.get("require_param")
+        if required and params.get(required) is None:
+            if noerr:
+                return False
+            raise ApiError(403, "Permission check failed")
+        path, privs, any_of = _fill(check[1], params), check[2], bool(options.get("any"))
+        missing = node.access.missing(user, path, privs, any_of=any_of)
+        if missing is None:
+            return True
+        if noerr:
+            return False
+        raise forbidden(path, "|".join(privs) if any_of else missing)
+    if noerr:
+        return False
+    raise ApiError(403, "Permission check failed")  # a check kind the lab does not know: refuse
 
 
 def _fill(path: str, params: dict[str, Any]) -> str:
@@ -212,6 +227,7 @@ def serve(node: Node, host: str, port: int, tls: ssl.SSLContext,
           ready: Callable[[], None] | None = None) -> None:
     server = LabServer((host, port), node, tls)
     node.tasks.recover()
+    node.storages.purge_trash()
     if ready:
         ready()
     server.serve_forever(poll_interval=0.5)

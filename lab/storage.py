@@ -1,9 +1,11 @@
 """The lab node's storages (lab/data/storage.yml) as directories under STATE/storage/.
 
-``local`` holds templates (``local:vztmpl/NAME``) and ISOs; ``local-lvm`` holds container
-volumes ``local-lvm:vm-457-disk-0``, each a directory owned by the container's root
-(host uid 100000). Like Proxmox, a volume's owner is the VMID in its name. Sizes are
-recorded and reported but not enforced.
+``local`` holds templates (``local:vztmpl/NAME``) and ISOs; ``local-lvm`` (lvmthin) holds
+container volumes ``local-lvm:vm-457-disk-0``, each a directory owned by the container's root
+(host uid 100000), template volumes ``base-N-disk-M`` and linked clones of them (lab/thin.py);
+``local-dir`` (dir) holds container volumes ``local-dir:457/subvol-457-disk-0.subvol``, and
+makes no linked clones, as on Proxmox. Like Proxmox, a volume's owner is the VMID in its
+name. Sizes are recorded and reported but not enforced.
 
 Example::
 
@@ -17,19 +19,23 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import yaml
 
+from lab import thin
 from lab.lxc import ID_BASE
 from lab.tasks import TaskFailed
 
 CONFIG: dict[str, dict] = yaml.safe_load((Path(__file__).parent / "data" / "storage.yml").read_text())
 GIB = 1024**3
-VOLUME_NAME = re.compile(r"(?:vm|subvol)-(?P<vmid>\d+)-disk-(?P<n>\d+)")
+VOLUME_NAME = re.compile(r"(?:vm|subvol|base)-(?P<vmid>\d+)-disk-(?P<n>\d+)")
+DIR_VOLUME = re.compile(r"(?P<vmid>\d+)/subvol-(?P=vmid)-disk-(?P<n>\d+)\.subvol")
+# Storage types that make linked clones of a CT template (docs/proxmox.md); the lab has lvmthin.
+LINKED_CLONE_TYPES = frozenset({"lvmthin", "zfspool", "rbd", "btrfs"})
 SUBDIRS = {"vztmpl": "template/cache", "iso": "template/iso", "backup": "dump"}
 TEMPLATE_NAME = re.compile(r"[^/\s]+\.tar(\.(gz|xz|zst|bz2))?")
 ISO_NAME = re.compile(r"[^/\s]+\.(iso|img)")
@@ -59,7 +65,14 @@ class Storages:
         return storage, name
 
     def path(self, volid: str) -> Path:
+        """Where the volume's content is: a linked clone's merged root (see activate)."""
+        volume = self.volume_dir(volid)
+        return thin.root_of(volume) if volume.is_dir() else volume
+
+    def volume_dir(self, volid: str) -> Path:
         storage, name = self.split(volid)
+        if CONFIG[storage]["type"] == "dir" and DIR_VOLUME.fullmatch(name):
+            return self.dir(storage) / "images" / name
         if CONFIG[storage]["type"] == "dir":
             content, _, file = name.partition("/")
             if content not in SUBDIRS or not file or "/" in file:
@@ -74,8 +87,85 @@ class Storages:
 
     @staticmethod
     def owner(volid: str) -> int | None:
-        match = VOLUME_NAME.fullmatch(volid.partition(":")[2])
+        name = volid.partition(":")[2]
+        match = VOLUME_NAME.fullmatch(name) or DIR_VOLUME.fullmatch(name)
         return int(match["vmid"]) if match else None
+
+    def kind(self, storage: str) -> str:
+        return CONFIG[storage]["type"]
+
+    def linked_clones(self, storage: str) -> bool:
+        return CONFIG[storage]["type"] in LINKED_CLONE_TYPES
+
+    def has_feature(self, feature: str, volid: str) -> bool:
+        """PVE::Storage::volume_has_feature for a CT volume (valid_target_formats raw, subvol).
+
+        ``template``: every lab storage can (lvmthin and dir; not an existing base volume).
+        ``clone`` (linked): lvmthin from a base volume only; dir never (Plugin.pm answers 0
+        when qcow2 is not a valid target format, and for a CT it is not)."""
+        storage, name = self.split(volid)
+        is_base = name.startswith("base-")
+        if feature == "template":
+            return not is_base
+        if feature == "clone":
+            return self.linked_clones(storage) and is_base
+        return False
+
+    def _storage_dir(self, volid: str) -> Path:
+        return self.dir(self.split(volid)[0])
+
+    def activate(self, volid: str) -> bool:
+        """Make the volume usable (mount a linked clone's overlay), as Proxmox activates volumes.
+        True when this call mounted it."""
+        volume = self.volume_dir(volid)
+        if not thin.is_linked(volume) or thin.is_active(volume):
+            return False
+        thin.activate(self._storage_dir(volid), volume)
+        return True
+
+    def deactivate(self, volid: str) -> None:
+        thin.deactivate(self.volume_dir(volid))
+
+    def make_base(self, volid: str) -> str:
+        """vdisk_create_base: lvmthin renames vm-N-disk-M to base-N-disk-M (lvrename, O(1)); a dir
+        storage's subvol keeps its name (Plugin.pm renames s/^vm-/base-/ only). The new volid."""
+        storage, name = self.split(volid)
+        if CONFIG[storage]["type"] == "dir" or name.startswith("base-"):
+            return volid
+        base = "base-" + name.split("-", 1)[1]
+        with self._lock:
+            thin.rename(self.dir(storage), self.dir(storage) / name, self.dir(storage) / base)
+            self._set_size(storage, base, self._sizes(storage).get(name, 0))
+            self._set_size(storage, name, None)
+        return f"{storage}:{base}"
+
+    def link(self, base_volid: str, vmid: int) -> str:
+        """A linked clone of a base volume for vmid: O(1), like lvcreate -s on a thin pool."""
+        storage, base = self.split(base_volid)
+        if not self.has_feature("clone", base_volid):
+            raise TaskFailed(f"clone_image only works on base images ({base_volid})")
+        with self._lock:
+            name = self._free_name(storage, vmid)
+            thin.make_linked(self.dir(storage), self.dir(storage) / name, base)
+            self._set_size(storage, name, self._sizes(storage).get(base, 0))
+        return f"{storage}:{name}"
+
+    def copy(self, source_volid: str, storage: str, vmid: int, bwlimit_kib: float | None = None) -> str:
+        """A full copy for vmid on storage: O(size), a file-level copy as Proxmox's rsync does
+        (never a reflink: that would be cheaper than the real copy)."""
+        mounted = self.activate(source_volid)
+        try:
+            volid = self.alloc(storage, vmid, self.size(source_volid) / GIB)
+            proc = subprocess.run(["cp", "-a", "--reflink=never", "--one-file-system", "--",
+                                   f"{self.path(source_volid)}/.", str(self.path(volid))],
+                                  capture_output=True, text=True, timeout=3600)
+            if proc.returncode != 0:
+                self.free(volid)
+                raise TaskFailed(f"copying {source_volid} failed: {proc.stderr.strip()}")
+        finally:
+            if mounted:
+                self.deactivate(source_volid)
+        return volid
 
     # -- container volumes ------------------------------------------------------------
 
@@ -100,7 +190,7 @@ class Storages:
             raise TaskFailed(f"storage '{storage}' does not support container directories")
         with self._lock:
             name = self._free_name(storage, vmid)
-            path = self.dir(storage) / name
+            path = self.volume_dir(f"{storage}:{name}")
             path.mkdir(parents=True)
             os.chown(path, ID_BASE, ID_BASE)
             path.chmod(0o755)
@@ -109,24 +199,31 @@ class Storages:
 
     def _free_name(self, storage: str, vmid: int) -> str:
         self.dir(storage).mkdir(parents=True, exist_ok=True)
+        if CONFIG[storage]["type"] == "dir":
+            taken = {p.name for p in (self.dir(storage) / "images" / str(vmid)).glob("*")}
+            return next(f"{vmid}/subvol-{vmid}-disk-{n}.subvol" for n in range(10_000)
+                        if f"subvol-{vmid}-disk-{n}.subvol" not in taken)
         taken = {p.name for p in self.dir(storage).iterdir()}
-        return next(f"vm-{vmid}-disk-{n}" for n in range(10_000) if f"vm-{vmid}-disk-{n}" not in taken)
+        return next(f"vm-{vmid}-disk-{n}" for n in range(10_000)
+                    if f"vm-{vmid}-disk-{n}" not in taken and f"base-{vmid}-disk-{n}" not in taken)
 
     def size(self, volid: str) -> int:
         storage, name = self.split(volid)
-        if CONFIG[storage]["type"] == "dir":
+        if CONFIG[storage]["type"] == "dir" and not DIR_VOLUME.fullmatch(name):
             return self.path(volid).stat().st_size
         return self._sizes(storage).get(name, 0)
 
     def free(self, volid: str) -> None:
+        """Remove a volume. A container volume goes in O(1) (lab/thin.py), as lvremove does; on
+        lvmthin a base volume that linked clones use is kept for them, hidden (see thin.remove)."""
         storage, name = self.split(volid)
-        path = self.path(volid)
+        volume = self.volume_dir(volid)
         with self._lock:
-            if path.is_dir():
-                shutil.rmtree(path)
+            if volume.is_dir():
+                thin.remove(self.dir(storage), volume)
             else:
-                path.unlink(missing_ok=True)
-            if CONFIG[storage]["type"] != "dir":
+                volume.unlink(missing_ok=True)
+            if CONFIG[storage]["type"] != "dir" or DIR_VOLUME.fullmatch(name):
                 self._set_size(storage, name, None)
 
     def rename(self, volid: str, new_vmid: int) -> str:
@@ -134,11 +231,17 @@ class Storages:
         storage, name = self.split(volid)
         with self._lock:
             new_name = self._free_name(storage, new_vmid)
-            os.rename(self.dir(storage) / name, self.dir(storage) / new_name)
+            target = self.volume_dir(f"{storage}:{new_name}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            thin.rename(self.dir(storage), self.volume_dir(volid), target)
             size = self._sizes(storage).get(name, 0)
             self._set_size(storage, name, None)
             self._set_size(storage, new_name, size)
         return f"{storage}:{new_name}"
+
+    def purge_trash(self) -> None:
+        for storage in self.ids():
+            thin.purge_trash(self.dir(storage))
 
     # -- listing ---------------------------------------------------------------------
 
@@ -150,8 +253,12 @@ class Storages:
                     for file in sorted((self.dir(storage) / sub).glob("*")):
                         if file.is_file() and not file.name.startswith("."):
                             items.append(self._entry(f"{storage}:{content}/{file.name}", content, file))
+            for path in sorted((self.dir(storage) / "images").glob("*/subvol-*.subvol")):
+                entry = self._entry(f"{storage}:{path.parent.name}/{path.name}", "rootdir", path)
+                entry["vmid"] = self.owner(entry["volid"])
+                items.append(entry)
         else:
-            for path in sorted(self.dir(storage).glob("vm-*-disk-*")):
+            for path in sorted([*self.dir(storage).glob("vm-*-disk-*"), *self.dir(storage).glob("base-*-disk-*")]):
                 entry = self._entry(f"{storage}:{path.name}", "rootdir", path)
                 entry["vmid"] = self.owner(entry["volid"])
                 items.append(entry)

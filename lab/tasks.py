@@ -25,7 +25,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from pipeline.errors import PipelineError
+
+COSTS: dict[str, float] = yaml.safe_load((Path(__file__).parent / "data" / "costs.yml").read_text())
+
+
+def floor(kind: str) -> float:
+    """The least time a task of this type takes on a real node (lab/README.md, Cost model)."""
+    return float(COSTS.get(kind, 0.0))
 
 
 class TaskFailed(Exception):
@@ -33,9 +42,18 @@ class TaskFailed(Exception):
 
 
 class TaskLog:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, floor: float = 0.0) -> None:
         self.path = path
         self.warnings = 0
+        self.deadline = time.monotonic() + floor
+
+    def settle(self) -> None:
+        """Wait out the rest of the task's floor (lab/data/costs.yml): what a real node would still
+        be doing. Work calls this just before its visible effect (lock removed, lxc-start, config
+        gone); the runner calls it again at the end."""
+        remaining = self.deadline - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
 
     def line(self, text: str) -> None:
         with open(self.path, "a") as fh:
@@ -98,7 +116,7 @@ class Tasks:
         meta, log_path = self._files(str(upid))
         log_path.touch()
         self._write(meta, record)
-        thread = threading.Thread(target=self._run, args=(record, meta, TaskLog(log_path), work),
+        thread = threading.Thread(target=self._run, args=(record, meta, TaskLog(log_path, floor(kind)), work),
                                   name=str(upid), daemon=True)
         thread.start()
         return str(upid)
@@ -106,6 +124,8 @@ class Tasks:
     def _run(self, record: dict, meta: Path, log: TaskLog, work: Callable[[TaskLog], None]) -> None:
         try:
             work(log)
+            # A successful task takes at least its floor: a real node's fixed cost of it.
+            log.settle()
             status = f"WARNINGS: {log.warnings}" if log.warnings else "OK"
         except (TaskFailed, PipelineError) as exc:
             status = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown error"
