@@ -3,13 +3,17 @@ python3 inside the base rootfs, from the hash-locked sysext/litellm/requirements
 
 pip runs under systemd-nspawn with a throw-away overlay on the base, so the base stays
 clean. The host's CA bundle is bind-mounted read-only for pip (TLS-intercepting proxies,
-DESIGN.md §3) and never copied into the tree.
+DESIGN.md §3) and never copied into the tree. Before the bytecode is made, the recipe's
+patches are applied to the installed packages (`git apply`: exact context, no fuzz, all or
+nothing) and pip's `litellm` console script is replaced by the recipe's launcher; both make
+the proxy start faster (sysext/litellm/README.md).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 from pipeline.build.base import Base
@@ -22,6 +26,7 @@ from pipeline.runner import run
 CA_IN_CONTAINER = "/run/build/ca-bundle.pem"
 LOCK_IN_CONTAINER = "/run/build/requirements.lock"
 PIP_CACHE_IN_CONTAINER = "/var/cache/pip-build"
+SITE_PACKAGES = "lib/python3.11/site-packages"  # Debian 12's python3
 # Host variables that tell pip where the index or proxy is: handed into the container.
 PIP_ENV = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_DEFAULT_TIMEOUT",
            "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
@@ -32,6 +37,7 @@ def recipe(ctx: BuildContext) -> dict:
 
 
 def build(ctx: BuildContext, base: Base) -> Layer:
+    # The recipe folder's files (patches and launcher included) are part of layer_key.
     key = layer_key(ctx, "litellm", __file__).text("base", base.key).hexdigest()
     return build_layer(ctx, "litellm", key, lambda tree: install(ctx, base, tree))
 
@@ -50,6 +56,11 @@ def install(ctx: BuildContext, base: Base, tree: Path) -> dict[str, str]:
             f"{prefix}/bin/pip", "install", "--no-input", "--require-hashes", "--no-deps",
             "-r", LOCK_IN_CONTAINER,
         ], log=log)
+    for name in recipe(ctx).get("patches", []):
+        with step(f"apply {name}"):
+            apply_patch(ctx.sysext_dir / "litellm" / name, venv / SITE_PACKAGES, log=log)
+    with step("install launcher"):
+        install_launcher(ctx.sysext_dir / "litellm" / recipe(ctx)["launcher"], venv, prefix)
     with step("compile bytecode"):
         # /opt is read-only in the container, and the squash step pins every mtime, which
         # makes pip's timestamp-checked .pyc files stale: Python would recompile in memory
@@ -60,6 +71,28 @@ def install(ctx: BuildContext, base: Base, tree: Path) -> dict[str, str]:
             "--invalidation-mode", "unchecked-hash", prefix,
         ], log=log, check=(0, 1))
     return {"litellm": pinned_version(lock, "litellm")}
+
+
+def apply_patch(patch: Path, site_packages: Path, *, log: Path) -> None:
+    """`git apply` outside any repository: paths relative to site-packages, the context must
+    match exactly (a new LiteLLM release that moved the code fails here, not at run time)."""
+    env = {"GIT_CEILING_DIRECTORIES": str(site_packages.parent)}
+    for check in (["--check"], []):
+        run(["git", "apply", *check, "--verbose", "-p1", patch.resolve()],
+            cwd=site_packages, env=env, log=log)
+
+
+def install_launcher(source: Path, venv: Path, prefix: str) -> None:
+    """Put the launcher where pip wrote its console script, after checking both agree on
+    the interpreter (the shebang pip wrote is the venv's own python)."""
+    script = venv / "bin" / "litellm"
+    shebang = f"#!{prefix}/bin/python3"
+    for path in (script, source):
+        if path.read_text().splitlines()[0] != shebang:
+            raise PipelineError(f"{path}: first line is not {shebang!r}",
+                                hint="the launcher must run the venv's own python")
+    shutil.copyfile(source, script)
+    script.chmod(0o755)
 
 
 def in_base(ctx: BuildContext, base: Base, binds: list[str], argv: list[str], *, log: Path,
