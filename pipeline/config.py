@@ -21,6 +21,12 @@ from pipeline.secrets import SecretSource
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _template_vmids(value: list[int]) -> str | None:
+    if len(value) < 3 or len(set(value)) != len(value):
+        return "needs at least 3 distinct CTIDs (current, previous and next template)"
+    return next((f"holds {v}, which {_vmid(v)}" for v in value if _vmid(v)), None)
+
+
 def _vmid(value: int) -> str | None:
     return None if 100 <= value <= 999_999_999 else "is not a Proxmox VMID (100..999999999)"
 
@@ -133,6 +139,11 @@ class Container:
     holder_vmid: int = setting(
         help="never-started CT that holds the credentials volume during a replace", check=_vmid
     )
+    template_vmids: list[int] = setting(
+        [9458, 9459, 9460],
+        "CTIDs for the CT templates the container is cloned from (the current one, the previous "
+        "one for a rollback, and the next one being prepared)", check=_template_vmids,
+    )
     hostname: str = setting(help="container host name", check=_hostname)
     network: Network = setting(help="net0")
     cores: int = setting(2, "CPU cores", check=_positive)
@@ -144,7 +155,11 @@ class Container:
     onboot: bool = setting(True, "start the container when the node boots")
 
     def problem(self) -> str | None:
-        return "holder_vmid must differ from vmid" if self.vmid == self.holder_vmid else None
+        if self.vmid == self.holder_vmid:
+            return "holder_vmid must differ from vmid"
+        if {self.vmid, self.holder_vmid} & set(self.template_vmids):
+            return "template_vmids must differ from vmid and holder_vmid"
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -28,7 +28,9 @@ from pipeline.errors import PipelineError
 
 REQUEST_TIMEOUT = (10, 60)  # (connect, read) seconds for ordinary calls
 UPLOAD_TIMEOUT = (10, 3600)  # a template is hundreds of MiB: proxmoxer's 5 s default is far too short
-POLL_SECONDS = 1.0
+# Task polls start fast (most tasks of a replace take well under a second) and back off to 1 s.
+POLL_FIRST_SECONDS = 0.1
+POLL_MAX_SECONDS = 1.0
 LOG_TAIL = 15
 
 
@@ -180,10 +182,9 @@ class Client:
     def ct_config(self, vmid: int) -> dict[str, Any]:
         return self.call(f"read config of CT {vmid}", lambda a: a.nodes(self.node).lxc(vmid).config.get())
 
-    def ct_status(self, vmid: int) -> dict[str, Any]:
-        return self.call(
-            f"read status of CT {vmid}", lambda a: a.nodes(self.node).lxc(vmid).status.current.get()
-        )
+    def storage_type(self, storage: str) -> str:
+        """The storage plugin type (dir, lvmthin, zfspool, rbd, ...) or "" when not listed."""
+        return next((str(s.get("type", "")) for s in self.storages() if s.get("storage") == storage), "")
 
     # -- tasks (each returns a UPID) -----------------------------------------------------
 
@@ -201,6 +202,30 @@ class Client:
 
     def create_ct(self, vmid: int, params: dict[str, Any]) -> str:
         return self.call(f"create CT {vmid}", lambda a: a.nodes(self.node).lxc.post(vmid=vmid, **params))
+
+    def clone_ct(self, vmid: int, newid: int, params: dict[str, Any]) -> str:
+        """POST .../clone: a linked clone by default when ``vmid`` is a template."""
+        return self.call(f"clone CT {vmid} to CT {newid}",
+                         lambda a: a.nodes(self.node).lxc(vmid).clone.post(newid=newid, **params))
+
+    def convert_to_template(self, vmid: int) -> None:
+        """POST .../template. Proxmox answers null and converts in a background task: poll the
+        config until it says ``template: 1`` (bounded by the task timeout)."""
+        self.call(f"convert CT {vmid} to a template", lambda a: a.nodes(self.node).lxc(vmid).template.post())
+        deadline = time.monotonic() + self.cfg.task_timeout
+        pause = POLL_FIRST_SECONDS
+        for _ in range(int(self.cfg.task_timeout / POLL_FIRST_SECONDS) + 1):
+            if str(self.ct_config(vmid).get("template", "0")) == "1":
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(pause)
+            pause = min(POLL_MAX_SECONDS, pause * 1.5)
+        raise ProxmoxError(f"CT {vmid} is not a template {self.cfg.task_timeout}s after the conversion "
+                           "was asked for", hint=f"see the vztemplate task of CT {vmid} in the task log")
+
+    def update_config(self, vmid: int, params: dict[str, Any]) -> None:
+        self.call(f"update config of CT {vmid}", lambda a: a.nodes(self.node).lxc(vmid).config.put(**params))
 
     def start(self, vmid: int) -> str:
         return self.call(f"start CT {vmid}", lambda a: a.nodes(self.node).lxc(vmid).status.start.post())
@@ -229,7 +254,8 @@ class Client:
         timeout = timeout or self.cfg.task_timeout
         node = upid_node(upid)
         deadline = time.monotonic() + timeout
-        for _ in range(int(timeout / POLL_SECONDS) + 1):
+        pause = POLL_FIRST_SECONDS
+        for _ in range(int(timeout / POLL_FIRST_SECONDS) + 1):
             status = self.call(f"{what}: read task status", lambda a: a.nodes(node).tasks(upid).status.get())
             if status.get("status") == "stopped":
                 exitstatus = status.get("exitstatus")
@@ -241,7 +267,8 @@ class Client:
                 )
             if time.monotonic() >= deadline:
                 break
-            time.sleep(POLL_SECONDS)
+            time.sleep(pause)
+            pause = min(POLL_MAX_SECONDS, pause * 1.5)
         raise TaskError(
             f"{what}: task still running after {timeout:.0f}s ({upid})", upid=upid, exitstatus=None,
             log=self.task_log(upid),

@@ -1,7 +1,7 @@
 """A real first boot with the seed: the built template as an unprivileged LXC container,
 set up the way Proxmox sets up a CT, with the seed either baked into the rootfs before
-the first start or delivered to the running container as replace-ct does (container_files,
-ACTIVATE_COMMANDS, WAIT_COMMAND). Both must end the same way.
+the first start or delivered to the running container as replace-ct does (activation_script,
+one shell session). Both must end the same way.
 
 Proxmox names the CT differently from the seed's local-hostname and gives it another
 address than the seed's network-config, so "left as Proxmox set them" can fail.
@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import secrets
-import shlex
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +23,8 @@ import pytest
 
 from lab import ctsetup, lxc
 from lab.tasks import TaskLog
-from pipeline.cloudinit import ACTIVATE_COMMANDS, WAIT_COMMAND, container_files, render_seed
+from pipeline.cloudinit import activation_script, container_files, render_seed
+from pipeline.cloudinit.deliver import WAIT_COMMAND
 from pipeline.config import REPO_ROOT, load_site
 from pipeline.runner import run
 
@@ -51,13 +51,6 @@ class Booted:
 
 def sh(ct: lxc.Container, command: str, check=(0,), **kwargs) -> str:
     return ct.attach(["sh", "-c", command], check=check, **kwargs).stdout.strip()
-
-
-def put(ct: lxc.Container, path: str, content: bytes, mode: int) -> None:
-    """Write a file inside the running container through stdin (never argv), as root."""
-    q = shlex.quote
-    sh(ct, f"mkdir -p {q(os.path.dirname(path))} && umask 077 && cat > {q(path)} && chmod {mode:o} {q(path)}",
-       input=content.decode())
 
 
 def proxmox_view(rootfs: Path) -> dict[str, str]:
@@ -92,10 +85,9 @@ def booted(request, lab_build, lab_workdir) -> Iterator[Booted]:
         ct.wait_running(timeout=120)
         if request.param == "delivered":
             assert "disabled-by-generator" in sh(ct, "cloud-init status --long")
-            for path, content, mode in container_files(seed):
-                put(ct, path, content, mode)
-            for command in ACTIVATE_COMMANDS:
-                sh(ct, command, timeout=300)
+            delivered = ct.attach(["sh", "-s"], input=activation_script(seed).decode(), check=range(256),
+                                  timeout=660)
+            assert delivered.returncode == 0, f"{delivered.stderr}\n{ct.diagnostics()}"
         wait = ct.attach(["sh", "-c", WAIT_COMMAND], check=range(256), timeout=660)
         assert wait.returncode == 0, f"{wait.stdout}\n{wait.stderr}\n{ct.diagnostics()}"
         yield Booted(ct, address.split("/")[0], key, deploy_key, before)

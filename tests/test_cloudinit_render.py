@@ -9,7 +9,7 @@ import shutil
 import pytest
 import yaml
 
-from pipeline.cloudinit import container_files, render_seed
+from pipeline.cloudinit import activation_script, container_files, render_seed
 from pipeline.cloudinit.render import PLACEHOLDER_KEY, TEMPLATE_DIR
 from pipeline.config import REPO_ROOT, load_site
 from pipeline.errors import PipelineError, SecretError
@@ -142,6 +142,21 @@ def test_container_files_hold_seed_and_pin():
     assert yaml.safe_load(pin) == {"datasource_list": ["NoCloud", "None"]}
     assert mode == 0o644
     assert len(files) == 4
+
+
+def test_activation_script_starts_the_services_before_cloud_init_runs():
+    """One script: write_files and the systemctl runcmd lines first, then cloud-init's stages,
+    then the bounded wait. The key travels only base64-encoded inside the script (stdin)."""
+    key = fresh_key()
+    seed = render_seed(load_site(SITES[0]), master_key=key, instance_id="iid-test")
+    script = activation_script(seed).decode()
+    lines = script.splitlines()
+    env_file = next(i for i, line in enumerate(lines) if line.endswith(" /etc/litellm/litellm.env"))
+    start = lines.index("systemctl start --no-block meridian.service litellm.service")
+    clean = lines.index("cloud-init clean --logs")
+    assert env_file < start < clean < lines.index("timeout 600 cloud-init status --wait --long")
+    assert key not in script
+    assert lines[0] == "set -eu"
 
 
 @pytest.fixture

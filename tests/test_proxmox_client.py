@@ -221,14 +221,14 @@ def _status(*states: tuple[str, str | None]) -> list[tuple[int, str, dict]]:
 )
 def test_wait_task_success(client: tuple[Client, Api], monkeypatch: pytest.MonkeyPatch, exitstatus: str) -> None:
     px, state = client
-    monkeypatch.setattr(proxmox, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(proxmox, "POLL_MAX_SECONDS", 0.05)
     state.on("GET", "/status", *_status(("running", None), ("stopped", exitstatus)))
     assert px.wait_task(UPID, what="create CT 457") == exitstatus
 
 
 def test_wait_task_failure_carries_the_log(client: tuple[Client, Api], monkeypatch: pytest.MonkeyPatch) -> None:
     px, state = client
-    monkeypatch.setattr(proxmox, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(proxmox, "POLL_MAX_SECONDS", 0.05)
     state.on("GET", "/status", *_status(("stopped", "CT is locked (backup)")))
     lines = [{"n": i, "t": f"line {i}"} for i in range(1, 31)] + [{"n": 31, "t": "TASK ERROR: CT is locked (backup)"}]
     state.on("GET", "/log", (200, "OK", {"data": lines}))
@@ -242,7 +242,7 @@ def test_wait_task_failure_carries_the_log(client: tuple[Client, Api], monkeypat
 
 def test_wait_task_times_out(client: tuple[Client, Api], monkeypatch: pytest.MonkeyPatch) -> None:
     px, state = client
-    monkeypatch.setattr(proxmox, "POLL_SECONDS", 0.1)
+    monkeypatch.setattr(proxmox, "POLL_MAX_SECONDS", 0.1)
     state.on("GET", "/status", *_status(("running", None)))
     state.on("GET", "/log", (200, "OK", {"data": [{"n": 1, "t": "extracting archive"}]}))
     with pytest.raises(TaskError) as err:

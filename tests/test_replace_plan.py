@@ -14,7 +14,7 @@ from pipeline.replace.plan import (
     next_step,
     simulate,
 )
-from pipeline.replace.state import CT, World
+from pipeline.replace.state import CT, ROLE_TEMPLATE, World
 from pipeline.replace.template import TemplateRef
 
 OLD = TemplateRef("meridian_1_amd64-aaaaaaaaaaaa.tar.zst", "a" * 64)
@@ -141,3 +141,67 @@ def test_adopt_takes_over_a_foreign_container_with_a_credentials_volume() -> Non
     world = World(ct=ct(ours=False, template=None), holder=CT(9457), uploaded=True)
     assert make_plan(world, NEW, adopt=True).steps == ("holder", *REPLACE)
     assert make_plan(world, NEW, adopt=True).destructive
+
+
+# -- linked clones, extension swaps, pruning -----------------------------------------------
+
+SLOTS = (9458, 9459, 9460)
+LINKED = replace(DEPLOYED, linked=True, slots=SLOTS,
+                 bases=(CT(9458, exists=True, ours=True, role=ROLE_TEMPLATE, template=OLD, is_template=True),),
+                 keep=frozenset({OLD, NEW}))
+CLONE_REPLACE = ("stop", "park", "delete", "clone", "unpark", "start", "seed", "gate")
+
+
+@pytest.mark.parametrize(
+    ("world", "target", "expected"),
+    [
+        pytest.param(World(ct=CT(457), holder=CT(9457), linked=True, slots=SLOTS), NEW,
+                     ("upload", "base", "templatize", "holder", "clone", "volume", "start", "seed", "gate"),
+                     id="first-deploy-linked"),
+        pytest.param(replace(LINKED, uploaded=False), NEW,
+                     ("upload", "base", "templatize", *CLONE_REPLACE), id="replace-linked"),
+        pytest.param(replace(LINKED, bases=(*LINKED.bases, CT(9459, exists=True, ours=True, role=ROLE_TEMPLATE,
+                                                               template=NEW))), NEW,
+                     ("templatize", *CLONE_REPLACE), id="killed-after-base-create"),
+        pytest.param(replace(LINKED, uploaded=False, swappable=True, swap_units=("meridian.service",)), NEW,
+                     ("upload", "stage", "switch", "gate"), id="swap"),
+        pytest.param(replace(LINKED, swappable=True, staged=True), NEW, ("switch", "gate"), id="swap-staged"),
+        pytest.param(replace(LINKED, ct=ct(template=NEW), gated=False), NEW, ("gate",), id="killed-after-switch"),
+        pytest.param(replace(LINKED, force_replace="dep-1", ct=ct(deployment="dep-1")), OLD, CLONE_REPLACE,
+                     id="full-replace-same-template"),
+    ],
+)
+def test_linked_plan_steps(world: World, target: TemplateRef, expected: tuple[str, ...]) -> None:
+    assert make_plan(world, target, adopt=False).steps == expected
+
+
+def test_slow_steps_of_a_linked_replace_all_come_before_the_stop() -> None:
+    steps = make_plan(replace(LINKED, uploaded=False), NEW, adopt=False).steps
+    window = steps[steps.index("stop"):steps.index("seed")]
+    assert not {"upload", "base", "templatize", "create"} & set(window)
+
+
+def test_prune_keeps_the_current_and_previous_template_and_what_a_clone_depends_on() -> None:
+    def base(vmid: int, char: str) -> CT:
+        return CT(vmid, exists=True, ours=True, role=ROLE_TEMPLATE, is_template=True,
+                  template=TemplateRef(f"t{char}.tar.zst", char * 64))
+    bases = (base(9458, "a"), base(9459, "c"), base(9460, "d"))
+    world = replace(DEPLOYED, bases=bases, keep=frozenset({bases[1].template, bases[2].template}))
+    assert world.prunable() == (9458,)
+    assert simulate(world, "prune", NEW).bases == bases[1:]
+    depended = replace(world, ct=ct(base=9458))
+    assert depended.prunable() == ()
+    assert replace(world, holder=holder(base=9458)).prunable() == ()
+
+
+def test_new_template_ct_takes_a_free_slot_prunes_for_one_or_refuses() -> None:
+    world = replace(LINKED, uploaded=True)
+    assert world.base_vmid(NEW) == 9459
+    taken = tuple(CT(v, exists=True, ours=True, role=ROLE_TEMPLATE, is_template=True,
+                     template=TemplateRef(f"t{v}.tar.zst", str(v) * 16)) for v in SLOTS)
+    stale = replace(world, bases=taken)
+    assert make_plan(stale, NEW, adopt=False).steps[:2] == ("prune", "base")
+    needed = replace(stale, keep=frozenset(b.template for b in taken))
+    with pytest.raises(PlanError) as err:
+        make_plan(needed, NEW, adopt=False)
+    assert "no free CTID for a new CT template" in str(err.value)

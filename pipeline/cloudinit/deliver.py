@@ -1,23 +1,38 @@
-"""Deliver a seed into a running container (replace-ct does this as root over SSH).
+"""Deliver a seed into a running container in one shell script (replace-ct sends it over one
+SSH session as root, on stdin: the master key is never in an argument, a log or Proxmox storage).
 
 A fresh container from the template boots without a seed, so cloud-init's generator
 disabled cloud-init for that boot (and ds-identify cached that verdict in /run/cloud-init).
-Activation runs cloud-init in place rather than rebooting: drop the cached verdict, re-run
-the generator (``systemctl daemon-reload``), which now finds seed and pin and enables
-cloud-init, then run its four stages in boot order as one blocking systemd transaction.
-One SSH session, no reconnect, and the same code path as a boot with the seed baked in.
+The script
+
+1. writes the user-data's ``write_files`` right away and runs its ``systemctl`` runcmd lines,
+   so the services start at once, not after cloud-init's four stages;
+2. writes the seed and the datasource pin, drops the cached verdict, re-runs the generator
+   (``systemctl daemon-reload``), which now enables cloud-init, and runs the four stages in
+   boot order as one blocking transaction — the same code path as a boot with a baked seed.
+   cloud-init then writes the same files again (same content) and its runcmd finds the
+   services started;
+3. waits (bounded) for cloud-init to finish: exit 0 only when it finished without errors.
+
+Everything the early part does comes from the rendered user-data itself, so the two can
+never disagree.
 """
 
 from __future__ import annotations
+
+import base64
+import shlex
+from collections.abc import Sequence
+
+import yaml
 
 from pipeline.cloudinit.render import PIN_PATH, SEED_DIR, SEED_FILES, Seed, pin_file
 
 SEED_MODE = 0o600
 PIN_MODE = 0o644
 
-# Run in order, each must exit 0. `clean` drops any earlier instance's state (a rerun of
-# replace-ct on the same container) but keeps the seed directory. The `test` fails
-# activation when the generator does not find the seed (rather than running without it).
+# `clean` drops any earlier instance's state (a rerun on the same container) but keeps the
+# seed directory. The `test` fails activation when the generator does not find the seed.
 ACTIVATE_COMMANDS: tuple[str, ...] = (
     "rm -f /etc/cloud/cloud-init.disabled",
     "cloud-init clean --logs",
@@ -35,6 +50,43 @@ WAIT_COMMAND = f"timeout {WAIT_SECONDS} cloud-init status --wait --long"
 
 
 def container_files(seed: Seed) -> list[tuple[str, bytes, int]]:
-    """Every (absolute path, content, mode) to put into the container, owner root."""
+    """The seed files and the datasource pin: (absolute path, content, mode), owner root."""
     files = [(f"{SEED_DIR}/{name}", seed.files[name], SEED_MODE) for name in SEED_FILES]
     return [*files, (PIN_PATH, pin_file(), PIN_MODE)]
+
+
+def service_files(seed: Seed) -> list[tuple[str, bytes, str, str]]:
+    """The user-data's write_files: (path, content, owner, permissions)."""
+    doc = yaml.safe_load(seed.files["user-data"])
+    return [(entry["path"], str(entry.get("content", "")).encode(), entry.get("owner", "root:root"),
+             str(entry.get("permissions", "0644"))) for entry in doc.get("write_files", [])]
+
+
+def service_starts(seed: Seed) -> list[list[str]]:
+    """The user-data's runcmd lines that start or restart services (argv lists)."""
+    doc = yaml.safe_load(seed.files["user-data"])
+    return [[str(arg) for arg in cmd] for cmd in doc.get("runcmd", [])
+            if isinstance(cmd, list) and cmd and cmd[0] == "systemctl"]
+
+
+def _write(path: str, content: bytes, owner: str, mode: str) -> str:
+    """Atomic write of content (base64 in the script) with owner and mode."""
+    tmp = shlex.quote(f"{path}.deliver.tmp")
+    return (f"mkdir -p {shlex.quote(path.rsplit('/', 1)[0])} && "
+            f"printf %s {base64.b64encode(content).decode()} | base64 -d > {tmp} && "
+            f"chown {shlex.quote(owner)} {tmp} && chmod {mode} {tmp} && mv -f {tmp} {shlex.quote(path)}")
+
+
+def activation_script(seed: Seed, *, restart: Sequence[str] = (), before: str = "") -> bytes:
+    """The whole delivery as one ``sh -s`` script (see the module docstring). ``before`` runs
+    first; ``restart`` names units to restart once their files are written (a re-seed)."""
+    lines = ["set -eu", "umask 077", *([before] if before else []), "# 1. the services' files, then start them"]
+    lines += [_write(*entry) for entry in service_files(seed)]
+    lines += [shlex.join(argv) for argv in service_starts(seed)]
+    if restart:
+        lines.append(shlex.join(["systemctl", "restart", *restart]))
+    lines.append("# 2. the seed and the pin, then cloud-init's stages in boot order")
+    lines += [_write(path, content, "root:root", f"{mode:o}") for path, content, mode in container_files(seed)]
+    lines += list(ACTIVATE_COMMANDS)
+    lines += ["# 3. cloud-init finished without errors", WAIT_COMMAND]
+    return ("\n".join(lines) + "\n").encode()

@@ -32,6 +32,7 @@ from pipeline.replace.steps import (
     converge,
     read_ct,
     read_world,
+    remember_layers,
     wait_for_own_tasks,
 )
 from pipeline.replace.template import TemplateRef
@@ -45,6 +46,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(default: the template the container runs now)")
     parser.add_argument("--plan", action="store_true", help="print the plan and exit (0, 1 or 2)")
     parser.add_argument("--yes", action="store_true", help="do not ask before destructive steps")
+    parser.add_argument("--full", action="store_true",
+                        help="replace the container even when its template is current")
     parser.add_argument("--adopt", action="store_true",
                         help="take over a container this pipeline did not create")
     parser.add_argument("--json", type=Path, metavar="REPORT", help="write a JSON report here")
@@ -73,7 +76,8 @@ def _run(args: argparse.Namespace) -> int:
     site.site_state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     with locked(site.site_state_dir):
         ctx = Context(site=site, px=px, journal=Journal(site.site_state_dir), master_key=key,
-                      suite=args.acceptance, adopt=args.adopt, local=local)
+                      suite=args.acceptance, adopt=args.adopt, local=local,
+                      rootfs_storage_type=px.storage_type(site.proxmox.rootfs_storage))
         return _deploy(ctx, args)
 
 
@@ -103,6 +107,8 @@ def _deploy(ctx: Context, args: argparse.Namespace) -> int:
         console.print(f"continuing the unfinished {journal.op['phase']} from {journal.path}")
         wait_for_own_tasks(ctx)
     current = read_ct(ctx, ctx.vmid)
+    if args.full and current.exists:
+        ctx.force_replace = current.deployment
     target = _target(ctx, current.template)
     previous = current.template if current.template != target else None
     plan = make_plan(read_world(ctx, target), target, adopt=ctx.adopt)
@@ -115,7 +121,8 @@ def _deploy(ctx: Context, args: argparse.Namespace) -> int:
     if plan.destructive:
         _confirm(args.yes, ctx.vmid)
     ctx.deploy_key = ensure_deploy_key(ctx.state_dir, f"meridian-pipeline-deploy@{ctx.site.name}")
-    op = journal.begin(target, previous)
+    remember_layers(ctx)
+    op = journal.begin(target, previous, ctx.force_replace)
     try:
         converge(ctx, TemplateRef(**op["target"]))
     except GateFailed as exc:
@@ -153,7 +160,10 @@ def _rolled_back(ctx: Context, args: argparse.Namespace, before: TemplateRef | N
     journal = ctx.journal
     op = journal.op
     assert op is not None
-    if op["phase"] == "deploy":
+    if op["phase"] == "deploy" and op.get("reseeded"):
+        journal.start_seed_rollback(failed)
+        console.print(f"[red]acceptance failed[/red]: {', '.join(failed)}; restoring the previous configuration")
+    elif op["phase"] == "deploy":
         if not op.get("previous"):
             journal.finish("failed")
             _report(ctx, args, "failed", before, TemplateRef(**op["target"]), failed)
@@ -197,6 +207,11 @@ def _print_plan(ctx: Context, plan: Plan, running: TemplateRef | None, target: T
     console.print(f"  now:    {world.summary()}; template {running.name if running else '-'}", markup=False,
                   soft_wrap=True)
     console.print(f"  target: {target.name}", markup=False, soft_wrap=True)
+    if not world.linked and "create" in plan.steps:
+        console.print(f"  note: rootfs storage {ctx.site.proxmox.rootfs_storage} "
+                      f"({ctx.rootfs_storage_type or 'unknown type'}) makes no linked clones: CT {ctx.vmid} is "
+                      "created from the archive while it is down (lvmthin, zfspool, rbd, btrfs clone in O(1))",
+                      markup=False, soft_wrap=True)
     if not plan.steps:
         console.print("  nothing to do")
     for i, line in enumerate(plan.lines, 1):

@@ -55,8 +55,10 @@ class Journal:
     def op(self) -> dict[str, Any] | None:
         return self.data.get("op")
 
-    def begin(self, target: TemplateRef, previous: TemplateRef | None) -> dict[str, Any]:
-        """Start (or retarget) the operation; a rollback in progress is kept as it is."""
+    def begin(self, target: TemplateRef, previous: TemplateRef | None,
+              force_replace: str | None = None) -> dict[str, Any]:
+        """Start (or retarget) the operation; a rollback in progress is kept as it is.
+        ``force_replace`` names a deployment to replace even when it runs the target (--full)."""
         op = self.op
         if op and op["phase"] == "rollback":
             return op
@@ -67,6 +69,7 @@ class Journal:
             "phase": "deploy",
             "target": asdict(target),
             "previous": asdict(previous) if previous else (op or {}).get("previous"),
+            "force_replace": force_replace or (op or {}).get("force_replace"),
             "failed_checks": [],
         }
         self.save()
@@ -76,6 +79,13 @@ class Journal:
         op = self.op
         assert op is not None and op["previous"]
         op.update(phase="rollback", failed_checks=failed_checks, wanted=op["target"], target=op["previous"])
+        self.save()
+
+    def start_seed_rollback(self, failed_checks: list[str]) -> None:
+        """A re-seed failed the gate: same template, the previous configuration goes back."""
+        op = self.op
+        assert op is not None and op.get("reseeded")
+        op.update(phase="rollback", failed_checks=failed_checks, wanted=op["target"], restore_seed=True)
         self.save()
 
     def finish(self, outcome: str) -> dict[str, Any]:

@@ -9,19 +9,25 @@ File contents travel on stdin: never in argv, logs or Proxmox storage.
 from __future__ import annotations
 
 import shlex
+import socket
 import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from pipeline.errors import PipelineError, ToolError
 from pipeline.runner import run
 
 CONNECT_TIMEOUT = 5
-CONNECT_ATTEMPTS = 30
-RETRY_SECONDS = 2.0
-
+# Waiting for a container that just started: sshd listens about 0.3 s after the start, so
+# poll the port often with short timeouts (no fixed sleeps), then log in. Both bounded.
+READY_SECONDS = 120.0
+PORT_POLL_SECONDS = 0.1
+PORT_PROBE_TIMEOUT = 0.5
+LOGIN_ATTEMPTS = 20
+LOGIN_RETRY_SECONDS = 0.3
 
 def ensure_deploy_key(state_dir: Path, comment: str) -> str:
     """Create ``deploy_key`` (ed25519) in the state dir if missing; return the public key line."""
@@ -55,17 +61,25 @@ class SSH:
             f"{self.user}@{self.address}", command,
         ]
 
-    def run(self, command: str | Sequence[str], *, input: bytes | None = None, timeout: float = 120,
-            check: Sequence[int] = (0,), secrets: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    def run(self, command: str | Sequence[str], *, input: bytes | None = None, stdin: IO[bytes] | None = None,
+            timeout: float = 120, check: Sequence[int] = (0,),
+            secrets: Sequence[str] = ()) -> subprocess.CompletedProcess:
+        """Run ``command`` over SSH; its standard input is ``input``, or the stream ``stdin``."""
         text = command if isinstance(command, str) else shlex.join(command)
+        if stdin is not None:
+            return run(self._argv(text), stdin=stdin, timeout=timeout, check=check, capture=True,
+                       secrets=secrets)
         return run(self._argv(text), input=input if input is not None else b"", timeout=timeout,
                    check=check, capture=True, secrets=secrets)
 
-    def wait_ready(self) -> None:
-        """Retry until sshd answers with our key (bounded: attempts and time)."""
-        deadline = time.monotonic() + CONNECT_ATTEMPTS * (CONNECT_TIMEOUT + RETRY_SECONDS)
+    def wait_ready(self, timeout: float = READY_SECONDS) -> None:
+        """Return as soon as sshd lets us in (bounded in time and attempts)."""
+        deadline = time.monotonic() + timeout
+        if not wait_port(self.address, 22, deadline):
+            raise PipelineError(f"{self.address}:22 did not accept connections within {timeout:.0f}s",
+                                hint="check that the container started and its address is reachable")
         last = ""
-        for _ in range(CONNECT_ATTEMPTS):
+        for _ in range(LOGIN_ATTEMPTS):
             try:
                 self.run("true", timeout=CONNECT_TIMEOUT + 10)
                 return
@@ -73,11 +87,11 @@ class SSH:
                 last = str(exc).splitlines()[-1] if str(exc) else ""
             if time.monotonic() >= deadline:
                 break
-            time.sleep(RETRY_SECONDS)
+            time.sleep(LOGIN_RETRY_SECONDS)
         raise PipelineError(
-            f"SSH to root@{self.address} with {self.key} did not succeed after {CONNECT_ATTEMPTS} "
+            f"SSH to {self.user}@{self.address} with {self.key} did not succeed after {LOGIN_ATTEMPTS} "
             f"attempts: {last}",
-            hint="check that the container's address is reachable and sshd runs in the template",
+            hint="check that sshd runs in the template and the deploy key is authorized",
         )
 
     def put(self, path: str, content: bytes, mode: int, secrets: Sequence[str] = ()) -> None:
@@ -90,3 +104,16 @@ class SSH:
             f"mv -f {shlex.quote(tmp)} {shlex.quote(path)}"
         )
         self.run(["sh", "-c", script], input=content, secrets=secrets)
+
+
+def wait_port(address: str, port: int, deadline: float) -> bool:
+    """Poll a TCP port until it accepts or ``deadline`` (time.monotonic) passes."""
+    for _ in range(int(READY_SECONDS / PORT_POLL_SECONDS) + 1):
+        try:
+            with socket.create_connection((address, port), timeout=PORT_PROBE_TIMEOUT):
+                return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(PORT_POLL_SECONDS)
+    return False

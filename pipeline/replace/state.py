@@ -14,6 +14,16 @@ from pipeline.replace.template import TemplateRef
 
 MARKER_TAG = "meridian-pipeline"
 HOLDER_TAG = "meridian-holder"
+# What a container of ours is for, written as ``role:`` in its description (a clone copies the
+# template CT's tags, so a role passed with the clone call is what tells them apart).
+ROLE_APPLIANCE = "appliance"
+ROLE_HOLDER = "holder"
+ROLE_TEMPLATE = "template"
+# Storage types whose linked clones depend on their base volume: Proxmox refuses to delete a
+# template CT while a clone of it exists (docs/proxmox.md, "Templates and linked clones").
+BASE_DEPENDENT_STORAGES = frozenset({"zfspool", "rbd"})
+# Storage types that can make linked clones of an LXC template (dir, nfs, cifs, lvm cannot).
+LINKED_CLONE_STORAGES = frozenset({"lvmthin", "zfspool", "rbd", "btrfs"})
 CREDENTIALS_KEY = "mp0"
 CREDENTIALS_MOUNT = "/var/lib/meridian"
 _VOLUME_KEY = re.compile(r"(mp|unused)\d+$")
@@ -34,6 +44,10 @@ class CT:
     volume: str | None = None
     other_volumes: tuple[str, ...] = ()  # mpN/unusedN that a DELETE would free: never ours to lose
     mp0_elsewhere: str | None = None  # mp0 mounted somewhere other than /var/lib/meridian
+    is_template: bool = False  # a Proxmox CT template (template: 1)
+    role: str | None = None  # ROLE_* from our description
+    base: int | None = None  # the template CT this one was cloned from
+    hwaddr: str | None = None  # net0's MAC address
 
     def describe(self) -> str:
         if not self.exists:
@@ -52,6 +66,34 @@ class World:
     gated: bool = False  # the current deployment passed the acceptance gate
     volume_known: bool = False  # a credentials volume was created before: never make a second
     known: bool = False  # this state dir created the CT's deployment (its deploy key is in it)
+    linked: bool = False  # the rootfs storage makes linked clones of a CT template
+    bases: tuple[CT, ...] = ()  # our template CTs (ready or being made), one per template
+    slots: tuple[int, ...] = ()  # VMIDs the site reserves for template CTs
+    keep: frozenset[TemplateRef] = frozenset()  # templates whose template CT must stay
+    force_replace: str | None = None  # deployment to replace even though its template is current
+    swappable: bool = False  # only extension layers differ: swap them in place (pipeline/replace/swap.py)
+    staged: bool = False  # the target's layers are in the container's store
+    swap_units: tuple[str, ...] = ()  # what the swap restarts
+    seed_stale: bool = False  # the site now renders another seed than the one delivered
+    reseed_units: tuple[str, ...] = ()  # the units that read a changed file
+    restore_seed: bool = False  # a re-seed failed the gate: put the previous files back
+
+    def base_for(self, target: TemplateRef) -> CT | None:
+        return next((b for b in self.bases if b.template == target), None)
+
+    def base_vmid(self, target: TemplateRef) -> int | None:
+        """The template CT of ``target``, or the slot a new one would take."""
+        found = self.base_for(target)
+        if found:
+            return found.vmid
+        taken = {b.vmid for b in self.bases}
+        return next((v for v in self.slots if v not in taken), None)
+
+    def prunable(self) -> tuple[int, ...]:
+        """Template CTs no deployment needs: not kept, not the base of a clone that depends on it."""
+        needed = {b for b in (self.ct.base, self.holder.base) if b is not None}
+        return tuple(b.vmid for b in self.bases
+                     if b.template not in self.keep and b.vmid not in needed)
 
     def volume_location(self) -> str:
         if self.ct.volume:
@@ -65,25 +107,40 @@ class World:
         return f"{self.ct.describe()}; {self.volume_location()}"
 
 
-def description(template: TemplateRef, deployment: str) -> str:
-    """The CT description: our marker, and which template built it (read back by parse_ct)."""
+def description(template: TemplateRef, deployment: str, base: int | None = None) -> str:
+    """The appliance CT's description: our marker, the template that built it, and the template
+    CT it was cloned from (read back by parse_ct)."""
     return (
         f"Managed by {MARKER_TAG}: do not change by hand, it is replaced on every deploy.\n"
-        f"template: {template.name}\nsha256: {template.sha256}\ndeployment: {deployment}\n"
+        f"role: {ROLE_APPLIANCE}\ntemplate: {template.name}\nsha256: {template.sha256}\n"
+        f"deployment: {deployment}\n" + (f"base: {base}\n" if base is not None else "")
     )
 
 
-HOLDER_DESCRIPTION = (
-    f"Managed by {MARKER_TAG}: holds the credentials volume while the appliance container is "
-    "replaced. Never start or delete it.\n"
-)
+def template_description(template: TemplateRef) -> str:
+    return (
+        f"Managed by {MARKER_TAG}: a CT template the appliance container is cloned from "
+        f"(replace-ct keeps the current and the previous one).\nrole: {ROLE_TEMPLATE}\n"
+        f"template: {template.name}\nsha256: {template.sha256}\n"
+    )
+
+
+def holder_description(base: int | None = None) -> str:
+    return (
+        f"Managed by {MARKER_TAG}: holds the credentials volume while the appliance container is "
+        f"replaced. Never start or delete it.\nrole: {ROLE_HOLDER}\n"
+        + (f"base: {base}\n" if base is not None else "")
+    )
+
+
+HOLDER_DESCRIPTION = holder_description()
 
 
 def _fields(text: str) -> dict[str, str]:
     out = {}
     for line in text.splitlines():
         key, sep, value = line.partition(":")
-        if sep and key.strip() in ("template", "sha256", "deployment"):
+        if sep and key.strip() in ("template", "sha256", "deployment", "role", "base"):
             out[key.strip()] = value.strip()
     return out
 
@@ -102,11 +159,15 @@ def parse_ct(vmid: int, config: dict[str, Any] | None, status: str = "stopped") 
         f"{key}={str(value).split(',')[0]}" for key, value in sorted(config.items())
         if _VOLUME_KEY.match(key) and key != CREDENTIALS_KEY
     )
+    role = fields.get("role")
+    net0 = dict(p.split("=", 1) for p in str(config.get("net0", "")).split(",") if "=" in p)
     return CT(
-        vmid, exists=True, ours=MARKER_TAG in tags, holder=HOLDER_TAG in tags,
+        vmid, exists=True, ours=MARKER_TAG in tags, holder=HOLDER_TAG in tags or role == ROLE_HOLDER,
         running=status == "running", lock=config.get("lock") or None, template=template,
         deployment=fields.get("deployment"), volume=volume, other_volumes=others,
-        mp0_elsewhere=elsewhere,
+        mp0_elsewhere=elsewhere, is_template=str(config.get("template", "0")) == "1", role=role,
+        base=int(fields["base"]) if fields.get("base", "").isdigit() else None,
+        hwaddr=net0.get("hwaddr"),
     )
 
 

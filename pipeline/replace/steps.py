@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.cloudinit import ACTIVATE_COMMANDS, WAIT_COMMAND, container_files, render_seed
+from pipeline.cloudinit import activation_script, render_seed
 from pipeline.config import Site
 from pipeline.errors import PipelineError
-from pipeline.progress import step
+from pipeline.progress import console, step
 from pipeline.proxmox import Client
+from pipeline.replace import reseed, swap
 from pipeline.replace import state as st
 from pipeline.replace.gate import run_gate
 from pipeline.replace.journal import Journal
-from pipeline.replace.plan import STEPS, check, next_step
+from pipeline.replace.plan import STEPS, check, next_step, step_line
 from pipeline.replace.probe import serving, wait_serving
 from pipeline.replace.ssh import SSH
 from pipeline.replace.template import LocalTemplate, TemplateRef
@@ -48,6 +49,21 @@ class Context:
     master_key: str
     suite: Path
     deploy_key: str = ""  # public key line, made once the plan is confirmed
+    rootfs_storage_type: str = ""  # lvmthin, zfspool, dir ...: decides linked clone or create
+    force_replace: str | None = None  # --full: the deployment to replace although it is current
+    _fingerprint: reseed.Fingerprint | None = None
+
+    def fingerprint(self) -> reseed.Fingerprint:
+        """What the site renders now (keyed hash of the key), computed once per run."""
+        if self._fingerprint is None:
+            salt = self.journal.get("seed_salt")
+            if not salt:
+                salt = reseed.new_salt()
+                self.journal.set("seed_salt", salt)
+            pub = self.state_dir / "deploy_key.pub"
+            self._fingerprint = reseed.fingerprint(self.site, self.master_key,
+                                                   pub.read_text().strip() if pub.exists() else "", salt)
+        return self._fingerprint
     adopt: bool = False
     local: LocalTemplate | None = None
     downtime: dict[str, float] = field(default_factory=dict)
@@ -80,14 +96,64 @@ def read_world(ctx: Context, target: TemplateRef) -> st.World:
     listed = {int(c["vmid"]): c for c in ctx.px.containers()}
     ct = read_ct(ctx, ctx.vmid, listed)
     holder = read_ct(ctx, ctx.holder_vmid, listed)
+    if ct.hwaddr and ct.ours and not ctx.journal.get("hwaddr"):
+        ctx.journal.set("hwaddr", ct.hwaddr)  # every later CT 457 keeps it: clients' ARP stays valid
     deployed = ct.deployment
+    bases = tuple(b for b in (read_ct(ctx, v, listed) for v in ctx.site.container.template_vmids)
+                  if b.exists and b.ours and b.role == st.ROLE_TEMPLATE)
+    op = ctx.journal.op or {}
+    keep = {TemplateRef(**op[k]) for k in ("target", "previous") if op.get(k)} | {target}
+    seeded = bool(deployed) and ctx.journal.get("seeded") == deployed
+    seed_now = ctx.fingerprint() if seeded else None
+    restoring = bool(op.get("restore_seed")) and ctx.journal.get("restored") != op.get("id")
+    seed_stale = bool(seed_now) and not op.get("restore_seed") and ctx.journal.get("seed_digest") != seed_now.digest
+    known = bool(deployed) and ctx.journal.get("deployment") == deployed
+    force = op.get("force_replace") or ctx.force_replace
+    current, wanted = layers_of(ctx, ct.template), layers_of(ctx, target)
+    swappable = bool(ct.running and seeded and known and ct.template and ct.template != target
+                     and not (force and ct.deployment == force)
+                     and current and wanted and current.system == wanted.system)
     return st.World(
         ct=ct, holder=holder, uploaded=_uploaded(ctx, target),
-        seeded=bool(deployed) and ctx.journal.get("seeded") == deployed,
-        gated=bool(deployed) and ctx.journal.get("gated") == deployed,
+        seeded=seeded,
+        gated=bool(deployed) and ctx.journal.get("gated") == _gate_key(ctx, deployed, target),
         volume_known=bool(ctx.journal.get("volume_created")),
-        known=bool(deployed) and ctx.journal.get("deployment") == deployed,
+        known=known,
+        linked=ctx.rootfs_storage_type in st.LINKED_CLONE_STORAGES,
+        bases=bases, slots=tuple(ctx.site.container.template_vmids), keep=frozenset(keep),
+        force_replace=force, swappable=swappable,
+        staged=swappable and ctx.journal.get("staged") == f"{deployed}:{target.sha256}",
+        swap_units=tuple(swap.units_to_restart(current, wanted)) if swappable and current and wanted else (),
+        seed_stale=seed_stale, restore_seed=restoring,
+        reseed_units=tuple(reseed.units_for(reseed.changed_paths(ctx.journal.get("seed_files") or {},
+                                                                 seed_now.files)))
+        if seed_stale and seed_now else (),
     )
+
+
+def _gate_key(ctx: Context, deployment: str | None, target: TemplateRef) -> str:
+    """What a passed gate vouches for: this container, this template, this configuration."""
+    return f"{deployment}:{target.sha256}:{str(ctx.journal.get('seed_digest'))[:16]}"
+
+
+def layers_of(ctx: Context, ref: TemplateRef | None) -> swap.Layers | None:
+    """The layer facts of a template: from the local build when it is that template, else as
+    the journal recorded them when it was deployed (None: unknown, no swap possible)."""
+    if ref is None:
+        return None
+    if ctx.local and ctx.local.ref == ref and ctx.local.manifest:
+        return swap.Layers.from_build(ctx.local.manifest)
+    record = (ctx.journal.get("layers") or {}).get(ref.sha256)
+    return swap.Layers.from_record(record) if record else None
+
+
+def remember_layers(ctx: Context) -> None:
+    """Record the local build's layer facts, so a later swap back (rollback) knows them."""
+    if ctx.local and ctx.local.manifest:
+        found = swap.Layers.from_build(ctx.local.manifest)
+        if found:
+            ctx.journal.set("layers", {**(ctx.journal.get("layers") or {}),
+                                       ctx.local.ref.sha256: found.as_record()})
 
 
 def read_ct(ctx: Context, vmid: int, listed: dict[int, dict[str, Any]] | None = None) -> st.CT:
@@ -114,7 +180,8 @@ def wait_for_own_tasks(ctx: Context) -> None:
     deadline = time.monotonic() + timeout
     for _ in range(int(timeout / LOCK_POLL_SECONDS) + 1):
         listed = {int(c["vmid"]) for c in ctx.px.containers()}
-        locks = [ctx.px.ct_config(v).get("lock") for v in (ctx.vmid, ctx.holder_vmid) if v in listed]
+        ours = (ctx.vmid, ctx.holder_vmid, *ctx.site.container.template_vmids)
+        locks = [ctx.px.ct_config(v).get("lock") for v in ours if v in listed]
         if not any(locks) or time.monotonic() >= deadline:
             return
         time.sleep(LOCK_POLL_SECONDS)
@@ -125,14 +192,13 @@ def wait_for_own_tasks(ctx: Context) -> None:
 
 def converge(ctx: Context, target: TemplateRef) -> None:
     """Run steps until the container runs ``target``, seeded and gated."""
-    names = {"ct": ctx.vmid, "holder": ctx.holder_vmid, "target": target.name}
-    for _ in range(2 * len(STEPS)):
+    for _ in range(2 * len(ACTIONS)):
         world = read_world(ctx, target)
-        check(world, adopt=ctx.adopt)
+        check(world, target, adopt=ctx.adopt)
         name = next_step(world, target)
         if name is None:
             return
-        with step(STEPS[name].format(**names)):
+        with step(step_line(name, world, target)):
             ctx.journal.event(name, "started", target=target.name)
             try:
                 ACTIONS[name](ctx, world, target)
@@ -144,7 +210,7 @@ def converge(ctx: Context, target: TemplateRef) -> None:
             ctx.journal.event(name, "done")
         if os.environ.get(CRASH_ENV) == name:
             os.kill(os.getpid(), signal.SIGKILL)
-    raise PipelineError(f"replace did not converge after {2 * len(STEPS)} steps: {_summary(ctx, target)}")
+    raise PipelineError(f"replace did not converge after {2 * len(ACTIONS)} steps: {_summary(ctx, target)}")
 
 
 def _summary(ctx: Context, target: TemplateRef) -> str:
@@ -169,7 +235,16 @@ def upload(ctx: Context, world: st.World, target: TemplateRef) -> None:
 
 
 def create_holder(ctx: Context, world: st.World, target: TemplateRef) -> None:
+    """A linked clone of the target's CT template when that is free (O(1), no dependency on
+    the base); else created from the archive (a full extraction, once per site)."""
     c = ctx.site.container
+    base = world.base_for(target)
+    if base and base.is_template and ctx.rootfs_storage_type not in st.BASE_DEPENDENT_STORAGES:
+        upid = ctx.px.clone_ct(base.vmid, ctx.holder_vmid, {
+            "hostname": f"{c.hostname}-holder", "description": st.holder_description(),
+            "pool": ctx.site.proxmox.pool})
+        ctx.px.wait_task(upid, what=f"clone holder CT {ctx.holder_vmid} from CT {base.vmid}")
+        return
     params = {
         **_common(ctx, target),
         "hostname": f"{c.hostname}-holder", "memory": 64, "swap": 0, "cores": 1, "onboot": 0,
@@ -177,6 +252,51 @@ def create_holder(ctx: Context, world: st.World, target: TemplateRef) -> None:
     }
     upid = ctx.px.create_ct(ctx.holder_vmid, params)
     ctx.px.wait_task(upid, what=f"create holder CT {ctx.holder_vmid}")
+
+
+def create_base(ctx: Context, world: st.World, target: TemplateRef) -> None:
+    """The CT that becomes the target's CT template: the appliance's settings, never started."""
+    vmid = world.base_vmid(target)
+    if vmid is None:
+        raise PipelineError(
+            f"no free CTID in container.template_vmids {list(ctx.site.container.template_vmids)} "
+            "for the new CT template", hint="add a CTID to container.template_vmids in the site file")
+    params = {**_appliance_settings(ctx, target), "hostname": f"{ctx.site.container.hostname}-template",
+              "onboot": 0, "description": st.template_description(target)}
+    upid = ctx.px.create_ct(vmid, params)
+    ctx.px.wait_task(upid, what=f"create CT {vmid} from {target.name}")
+
+
+def templatize(ctx: Context, world: st.World, target: TemplateRef) -> None:
+    base = world.base_for(target)
+    assert base is not None
+    ctx.px.convert_to_template(base.vmid)
+
+
+def clone(ctx: Context, world: st.World, target: TemplateRef) -> None:
+    base = world.base_for(target)
+    assert base is not None and base.is_template
+    deployment = _new_deployment(ctx, target)
+    upid = ctx.px.clone_ct(base.vmid, ctx.vmid, {
+        "hostname": ctx.site.container.hostname, "pool": ctx.site.proxmox.pool,
+        "description": st.description(target, deployment, base=base.vmid)})
+    ctx.px.wait_task(upid, what=f"clone CT {ctx.vmid} from CT template {base.vmid}")
+
+
+def add_volume(ctx: Context, world: st.World, target: TemplateRef) -> None:
+    """First deploy on the clone path: a clone has no mp0 yet; this allocates a new one."""
+    ctx.px.update_config(ctx.vmid, {st.CREDENTIALS_KEY: _new_volume(ctx)})
+    ctx.journal.set("volume_created", True)
+
+
+def prune(ctx: Context, world: st.World, target: TemplateRef) -> None:
+    """Delete CT templates no deployment needs. One Proxmox refuses (a linked clone still uses
+    its base, on zfs or rbd) is kept and named, never an error for the deploy."""
+    for vmid in world.prunable():
+        try:
+            ctx.px.wait_task(ctx.px.delete_ct(vmid), what=f"delete CT template {vmid}")
+        except PipelineError as exc:
+            console.print(f"kept CT template {vmid}: {exc.message.splitlines()[0]}", markup=False)
 
 
 def stop(ctx: Context, world: st.World, target: TemplateRef) -> None:
@@ -213,26 +333,44 @@ def delete(ctx: Context, world: st.World, target: TemplateRef) -> None:
 
 
 def create(ctx: Context, world: st.World, target: TemplateRef) -> None:
-    c, n = ctx.site.container, ctx.site.container.network
+    deployment = _new_deployment(ctx, target)
+    params = {**_appliance_settings(ctx, target), "description": st.description(target, deployment)}
+    if not world.holder.volume:  # first deploy: a new credentials volume
+        params[st.CREDENTIALS_KEY] = _new_volume(ctx)
+    upid = ctx.px.create_ct(ctx.vmid, params)
+    ctx.px.wait_task(upid, what=f"create CT {ctx.vmid} from {target.name}")
+    ctx.journal.set("volume_created", True)
+
+
+def _new_deployment(ctx: Context, target: TemplateRef) -> str:
     deployment = f"{ctx.site.name}-{target.sha256[:12]}-{int(time.time())}"
-    net0 = f"name=eth0,bridge={n.bridge},ip={n.address}" + (f",gw={n.gateway}" if n.gateway else "")
+    ctx.journal.set("deployment", deployment)  # before the call: a kill mid-task still knows it
+    return deployment
+
+
+def _new_volume(ctx: Context) -> str:
+    c = ctx.site.container
+    return f"{ctx.site.proxmox.volume_storage}:{c.credentials_gib},mp={st.CREDENTIALS_MOUNT},backup=1"
+
+
+def _net0(ctx: Context) -> str:
+    """net0 as the site says, with the MAC the container had before (if any)."""
+    n = ctx.site.container.network
+    mac = ctx.journal.get("hwaddr")
+    return (f"name=eth0,bridge={n.bridge},ip={n.address}" + (f",gw={n.gateway}" if n.gateway else "")
+            + (f",hwaddr={mac}" if mac else ""))
+
+
+def _appliance_settings(ctx: Context, target: TemplateRef) -> dict[str, Any]:
+    """POST /lxc parameters for a container that runs (or is cloned to run) the appliance."""
+    c, n = ctx.site.container, ctx.site.container.network
     params = {
         **_common(ctx, target),
         "hostname": c.hostname, "cores": c.cores, "memory": c.memory_mib, "swap": c.swap_mib,
-        "net0": net0, "onboot": int(c.onboot), "timezone": c.timezone, "tags": st.MARKER_TAG,
-        "description": st.description(target, deployment),
-        "ssh-public-keys": ctx.deploy_key,
-        "nameserver": n.nameserver,
+        "net0": _net0(ctx), "onboot": int(c.onboot), "timezone": c.timezone, "tags": st.MARKER_TAG,
+        "ssh-public-keys": ctx.deploy_key, "nameserver": n.nameserver,
     }
-    if not world.holder.volume:  # first deploy: a new credentials volume
-        size = c.credentials_gib
-        params[st.CREDENTIALS_KEY] = (
-            f"{ctx.site.proxmox.volume_storage}:{size},mp={st.CREDENTIALS_MOUNT},backup=1"
-        )
-    ctx.journal.set("deployment", deployment)  # before the call: a kill mid-task still knows it
-    upid = ctx.px.create_ct(ctx.vmid, {k: v for k, v in params.items() if v is not None})
-    ctx.px.wait_task(upid, what=f"create CT {ctx.vmid} from {target.name}")
-    ctx.journal.set("volume_created", True)
+    return {k: v for k, v in params.items() if v is not None}
 
 
 def _common(ctx: Context, target: TemplateRef) -> dict[str, Any]:
@@ -245,6 +383,9 @@ def _common(ctx: Context, target: TemplateRef) -> dict[str, Any]:
 
 
 def start(ctx: Context, world: st.World, target: TemplateRef) -> None:
+    mac = ctx.journal.get("hwaddr")
+    if mac and world.ct.hwaddr != mac:  # a clone got a new MAC: clients' ARP caches know the old one
+        ctx.px.update_config(ctx.vmid, {"net0": _net0(ctx)})
     upid = ctx.px.start(ctx.vmid)
     ctx.px.wait_task(upid, what=f"start of CT {ctx.vmid}")
 
@@ -259,35 +400,102 @@ def seed(ctx: Context, world: st.World, target: TemplateRef) -> None:
         raise GateFailed([f"seed delivery: {exc.message.splitlines()[0]}"]) from None
 
 
-def _seed(ctx: Context, deployment: str) -> None:
+def _ssh(ctx: Context, deployment: str) -> SSH:
+    """Root on the container with the deploy key; the host key is pinned per deployment."""
     ssh = SSH(
         ctx.site.container.network.ip, ctx.state_dir / "deploy_key",
         ctx.state_dir / "known_hosts.d" / deployment,
     )
     ssh.known_hosts.parent.mkdir(mode=0o700, exist_ok=True)
+    return ssh
+
+
+def _seed(ctx: Context, deployment: str) -> None:
+    ssh = _ssh(ctx, deployment)
     ssh.wait_ready()
     rendered = render_seed(
         ctx.site, master_key=ctx.master_key, instance_id=f"iid-{deployment}",
         deploy_public_key=ctx.deploy_key,
     )
-    for path, content, mode in container_files(rendered):
-        ssh.put(path, content, mode, secrets=[ctx.master_key])
-    for command in ACTIVATE_COMMANDS:
-        ssh.run(command, timeout=CLOUD_INIT_TIMEOUT, secrets=[ctx.master_key])
-    ssh.run(WAIT_COMMAND, timeout=CLOUD_INIT_TIMEOUT, secrets=[ctx.master_key])
+    # One session: the services start first, cloud-init runs meanwhile (pipeline/cloudinit/deliver.py).
+    ssh.run(["sh", "-s"], input=activation_script(rendered), timeout=CLOUD_INIT_TIMEOUT,
+            secrets=[ctx.master_key])
+    _record_seed(ctx, ctx.fingerprint())
     ctx.downtime["up_at"] = wait_serving(ctx.site.container.network.ip, ctx.ports, SERVE_TIMEOUT)
     ctx.journal.set("seeded", deployment)
+
+
+def _record_seed(ctx: Context, now: reseed.Fingerprint) -> None:
+    ctx.journal.set("seed_digest", now.digest)
+    ctx.journal.set("seed_files", now.files)
+
+
+def reseed_in_place(ctx: Context, world: st.World, target: TemplateRef) -> None:
+    """Rewrite the seed in the running container, restart the units of changed files; the
+    previous files stay in the container for ``restore``."""
+    deployment = world.ct.deployment or "unknown"
+    now = ctx.fingerprint()
+    rendered = render_seed(ctx.site, master_key=ctx.master_key, instance_id=f"iid-{deployment}-{int(time.time())}",
+                           deploy_public_key=ctx.deploy_key)
+    script = activation_script(rendered, restart=world.reseed_units,
+                               before=reseed.backup_command(sorted(now.files)))
+    op = ctx.journal.op
+    assert op is not None
+    op["reseeded"] = {"digest": ctx.journal.get("seed_digest"), "files": ctx.journal.get("seed_files"),
+                      "units": list(world.reseed_units)}
+    ctx.journal.save()
+    if not ctx.journal.get("down_since"):
+        ctx.journal.set("down_since", time.time())
+    _ssh(ctx, deployment).run(["sh", "-s"], input=script, timeout=CLOUD_INIT_TIMEOUT, secrets=[ctx.master_key])
+    _record_seed(ctx, now)
+    ctx.downtime["up_at"] = wait_serving(ctx.site.container.network.ip, ctx.ports, SERVE_TIMEOUT)
+
+
+def restore_seed(ctx: Context, world: st.World, target: TemplateRef) -> None:
+    op = ctx.journal.op
+    assert op is not None and op.get("reseeded")
+    previous = op["reseeded"]
+    script = reseed.restore_script(sorted(previous["files"] or ctx.fingerprint().files), previous["units"])
+    _ssh(ctx, world.ct.deployment or "unknown").run(["sh", "-s"], input=script, timeout=CLOUD_INIT_TIMEOUT)
+    ctx.journal.set("seed_digest", previous["digest"])
+    ctx.journal.set("seed_files", previous["files"])
+    ctx.journal.set("restored", op["id"])
+
+
+def stage(ctx: Context, world: st.World, target: TemplateRef) -> None:
+    current, wanted = layers_of(ctx, world.ct.template), layers_of(ctx, target)
+    assert current and wanted and world.ct.deployment
+    local = ctx.local if ctx.local and ctx.local.ref == target else None
+    swap.stage(_ssh(ctx, world.ct.deployment), current, wanted,
+               local.build_dir if local else None, local.manifest if local else None)
+    ctx.journal.set("staged", f"{world.ct.deployment}:{target.sha256}")
+
+
+def switch(ctx: Context, world: st.World, target: TemplateRef) -> None:
+    """Swap in place, then record on Proxmox that the container runs the target."""
+    current, wanted = layers_of(ctx, world.ct.template), layers_of(ctx, target)
+    assert current and wanted and world.ct.deployment
+    if not ctx.journal.get("down_since"):
+        ctx.journal.set("down_since", time.time())
+    swap.switch(_ssh(ctx, world.ct.deployment), current, wanted)
+    ctx.px.update_config(ctx.vmid, {"description": st.description(target, world.ct.deployment,
+                                                                   base=world.ct.base)})
+    ctx.downtime["up_at"] = wait_serving(ctx.site.container.network.ip, ctx.ports, SERVE_TIMEOUT)
 
 
 def gate(ctx: Context, world: st.World, target: TemplateRef) -> None:
     failed = run_gate(ctx.site, ctx.suite, ctx.state_dir, world.ct.deployment or "unknown")
     if failed:
         raise GateFailed(failed)
-    ctx.journal.set("gated", world.ct.deployment)
+    ctx.journal.set("gated", _gate_key(ctx, world.ct.deployment, target))
 
 
 ACTIONS = {
-    "upload": upload, "holder": create_holder, "stop": stop, "park": park, "delete": delete,
-    "create": create, "unpark": unpark, "start": start, "seed": seed, "gate": gate,
+    "upload": upload, "stage": stage, "switch": switch, "base": create_base, "templatize": templatize,
+    "holder": create_holder,
+    "stop": stop, "park": park, "delete": delete, "create": create, "clone": clone,
+    "volume": add_volume, "unpark": unpark, "start": start, "seed": seed, "gate": gate,
+    "reseed": reseed_in_place, "restore": restore_seed,
+    "prune": prune,
 }
-assert set(ACTIONS) == set(STEPS)
+assert set(ACTIONS) == set(STEPS), "every planned step has an action"

@@ -30,6 +30,8 @@ class LocalTemplate:
     path: Path
     ref: TemplateRef
     size: int
+    build_dir: Path | None = None  # the build output dir, when --template named one
+    manifest: dict | None = None  # its manifest.json (what an extension swap needs)
 
 
 def storage_name(path: Path, sha256: str) -> str:
@@ -55,7 +57,9 @@ def resolve(given: Path) -> LocalTemplate:
             f"{path}: sha256 {sha[:12]}... differs from {recorded[:12]}... in {given / 'manifest.json'}",
             hint="the file changed after the build; rebuild it",
         )
-    return LocalTemplate(path=path, ref=TemplateRef(storage_name(path, sha), sha), size=path.stat().st_size)
+    manifest = json.loads((given / "manifest.json").read_text()) if given.is_dir() else None
+    return LocalTemplate(path=path, ref=TemplateRef(storage_name(path, sha), sha), size=path.stat().st_size,
+                         build_dir=given if given.is_dir() else None, manifest=manifest)
 
 
 def _template_file(given: Path) -> Path:

@@ -85,14 +85,14 @@ def bumped_site(tmp: Path, version: str) -> Path:
 
 
 def remove_lab_ct(site_file: Path) -> None:
-    """Delete the site's CT and its holder on the lab (with the credentials volume) and the
-    site's replace-ct state (its journal remembers the volume), so the next replace-ct is a
-    first deploy. Only for lab sites."""
+    """Delete the site's CT, its holder and its CT templates on the lab (with the credentials
+    volume) and the site's replace-ct state (its journal remembers the volume), so the next
+    replace-ct is a first deploy. Only for lab sites."""
     site = load_site(site_file)
     assert site.kind == "lab", f"{site_file} is not a lab site"
     client = Client.from_site(site.proxmox)
     present = {int(ct["vmid"]): ct for ct in client.containers()}
-    for vmid in (site.container.vmid, site.container.holder_vmid):
+    for vmid in (site.container.vmid, site.container.holder_vmid, *site.container.template_vmids):
         if vmid not in present:
             continue
         if present[vmid].get("status") == "running":
