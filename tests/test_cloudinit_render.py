@@ -74,7 +74,7 @@ def test_litellm_config_maps_every_alias_to_meridian(site):
         assert params["api_base"] == f"http://127.0.0.1:{site.services.meridian_port}"
         assert params["api_key"]
         assert params["max_tokens"] == site.litellm.max_tokens
-    assert config["general_settings"] == {"master_key": "os.environ/LITELLM_MASTER_KEY"}
+    assert config["general_settings"] == {"master_key": "os.environ/LITELLM_MASTER_KEY", "trusted_proxy_ranges": []}
 
 
 def test_first_boot_finish_disables_cloud_init_and_removes_secret_copies(site):

@@ -1,11 +1,12 @@
 """replace-ct against the lab (real LXC containers behind the emulated Proxmox API).
 
-The module deploys its own container (CT 470, holder 9470, 10.157.0.70) from a copy of the
-lab site with its own state dir, so it shares nothing with other modules' CT 457.
-In order: first deploy, replace keeping the credentials file, a failing gate that rolls
-back, a SIGKILL after each step followed by a rerun that converges, and the errors that
-must leave everything as it was. Traffic goes only to the lab API on loopback and to the
-lab container on mrdlab0.
+The module deploys its own container (CT 470, holder 9470, CT templates 9480-9482,
+10.157.0.70) from a copy of the lab site with its own state dir, so it shares nothing with
+other modules' CT 457. The lab's local-lvm is thin storage: replaces go through a CT
+template and a linked clone. In order: first deploy, replace keeping the credentials file, a
+failing gate that rolls back, a SIGKILL after each step followed by a rerun that converges,
+the errors that must leave everything as it was, and the fallback on storage without clones.
+Traffic goes only to the lab API on loopback and to the lab container on mrdlab0.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LAB_SITE = REPO_ROOT / "sites" / "lab.yml"
 VMID, HOLDER, ADDRESS, FOREIGN = 470, 9470, "10.157.0.70/24", 471
+TEMPLATE_CTS = [9480, 9481, 9482]
 KEEP = "/var/lib/meridian/.claude/replace-ct-keep"
 RUN_TIMEOUT = 1800
 
@@ -80,7 +82,7 @@ def site_variant(tmp: Path, *, proxmox: dict | None = None, **container: object)
     data["name"] = "replace-test"
     data["state_dir"] = str(tmp / "state")
     data["proxmox"].update(proxmox or {})
-    data["container"].update({"vmid": VMID, "holder_vmid": HOLDER, **container})
+    data["container"].update({"vmid": VMID, "holder_vmid": HOLDER, "template_vmids": TEMPLATE_CTS, **container})
     data["container"]["network"]["address"] = ADDRESS
     for key in ("source", "lockfile"):  # relative to sites/: make them absolute in the copy
         data["image"]["meridian"][key] = str((LAB_SITE.parent / data["image"]["meridian"][key]).resolve())
@@ -132,10 +134,10 @@ class Lab:
 def lab(lab_server: LabServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     tmp = tmp_path_factory.mktemp("replace-lab")
     lab = Lab(site_variant(tmp), tmp)
-    for vmid in (VMID, FOREIGN, HOLDER):  # leftovers of an interrupted earlier session
+    for vmid in (VMID, FOREIGN, HOLDER, *TEMPLATE_CTS):  # leftovers of an interrupted earlier session
         lab.remove(vmid)
     yield lab
-    for vmid in (VMID, FOREIGN, HOLDER):
+    for vmid in (VMID, FOREIGN, HOLDER, *TEMPLATE_CTS):
         lab.remove(vmid)
 
 
@@ -196,8 +198,17 @@ def test_first_deploy(lab: Lab, templates: dict[str, Path]) -> None:
     assert result.report["outcome"] == "deployed"
     assert result.report["template_after"]["name"] == resolve(templates["A"]).ref.name
     names = [s["name"] for s in result.report["steps"]]
-    assert any(n.startswith(f"create CT {VMID}") for n in names)
+    assert any(n.startswith(f"clone CT {VMID} from the CT template {TEMPLATE_CTS[0]}") for n in names)
     assert any(n.startswith("run the acceptance") for n in names)
+    base = lab.ct(TEMPLATE_CTS[0])
+    assert base.is_template and base.template == resolve(templates["A"]).ref
+    assert lab.ct(VMID).base == TEMPLATE_CTS[0]
+
+
+def window(report: dict) -> list[str]:
+    """The steps between the stop and the seed: the downtime window."""
+    names = [s["name"].split(" ")[0] for s in report["steps"]]
+    return names[names.index("shut"):names.index("deliver")]
 
 
 def test_plan_exit_codes(lab: Lab, templates: dict[str, Path]) -> None:
@@ -216,6 +227,10 @@ def test_replace_keeps_the_credentials(lab: Lab, templates: dict[str, Path], sui
     assert lab.read_keep() == content
     assert result.report["template_before"]["sha256"] == resolve(templates["A"]).ref.sha256
     assert result.report["downtime_seconds"] > 0
+    # Nothing slow inside the window: the new CT template was made while CT 470 still served.
+    assert window(result.report) == ["shut", "move", "delete", "clone", "move", "start"]
+    templates_now = {lab.ct(v).template for v in TEMPLATE_CTS if lab.ct(v).exists}
+    assert templates_now == {resolve(templates["A"]).ref, resolve(templates["B"]).ref}
 
 
 def test_no_terminal_and_no_yes_refuses(lab: Lab, templates: dict[str, Path]) -> None:
@@ -242,11 +257,16 @@ def test_failing_gate_rolls_back(lab: Lab, templates: dict[str, Path], suite: Su
     (failed,) = result.report["failed_checks"]
     assert failed.endswith("test_gate::test_not_the_broken_template")
     assert result.report["downtime_seconds"] > sum(
-        s["seconds"] for s in result.report["steps"] if s["name"].startswith("create CT"))
+        s["seconds"] for s in result.report["steps"] if s["name"].startswith(f"clone CT {VMID}"))
     assert result.report["template_after"]["name"] == resolve(templates["B"]).ref.name
+    # The way back was the same fast path: a clone of B's CT template, kept for this.
+    names = [s["name"] for s in result.report["steps"]]
+    assert sum(n.startswith(f"clone CT {VMID}") for n in names) == 2
+    assert len([v for v in TEMPLATE_CTS if lab.ct(v).exists]) <= 2
 
 
-CRASH_STEPS = ["upload", "stop", "park", "delete", "create", "unpark", "start", "seed", "gate"]
+CRASH_STEPS = ["upload", "base", "templatize", "stop", "park", "delete", "clone", "unpark", "start", "seed",
+               "gate", "prune"]
 
 
 @pytest.mark.parametrize("step", CRASH_STEPS)
@@ -255,8 +275,11 @@ def test_killed_after_a_step_then_rerun_converges(lab: Lab, templates: dict[str,
     current = lab.ct(lab.site.container.vmid).template
     # Alternate between two uploaded templates; "upload" needs one not yet on the storage.
     nxt = templates["A"] if current == resolve(templates["B"]).ref else templates["B"]
-    if step == "upload":
-        nxt = variant(templates["A"], lab.tmp, 3)
+    # These steps only run for a template never seen before (no archive, no CT template yet,
+    # a third template CT to prune afterwards): a fresh variant each.
+    fresh = {"upload": 3, "base": 4, "templatize": 5, "prune": 6}
+    if step in fresh:
+        nxt = variant(templates["A"], lab.tmp, fresh[step])
     content = lab.write_keep()
     gate = ("--acceptance", str(suite.path))
     killed = replace_ct(lab.site_file, lab.tmp, "--template", str(nxt), "--yes", *gate, env={CRASH_ENV: step})
@@ -322,3 +345,15 @@ def test_a_locked_container_is_refused(lab: Lab, templates: dict[str, Path], lab
     assert f"CT {VMID} is running, locked (backup); credentials volume" in result.output
     assert "nothing was changed" in result.output
     assert lab.ct(VMID) == before
+
+
+def test_storage_without_linked_clones_falls_back_to_create(lab: Lab, templates: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    """On a dir storage the plan says so and creates the CT from the archive (inside the window)."""
+    site = site_variant(tmp_path, proxmox={"rootfs_storage": "local-dir"}, vmid=474, holder_vmid=9474,
+                        template_vmids=[9489, 9490, 9491])
+    result = replace_ct(site, tmp_path, "--template", str(templates["A"]), "--plan")
+    assert result.code == 2, result.output
+    assert "note: rootfs storage local-dir (dir) makes no linked clones" in result.output
+    assert "create CT 474 from" in result.output
+    assert "convert CT" not in result.output and "clone CT" not in result.output

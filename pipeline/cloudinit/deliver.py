@@ -77,14 +77,20 @@ def _write(path: str, content: bytes, owner: str, mode: str) -> str:
             f"chown {shlex.quote(owner)} {tmp} && chmod {mode} {tmp} && mv -f {tmp} {shlex.quote(path)}")
 
 
-def activation_script(seed: Seed, *, restart: Sequence[str] = (), before: str = "") -> bytes:
-    """The whole delivery as one ``sh -s`` script (see the module docstring). ``before`` runs
-    first; ``restart`` names units to restart once their files are written (a re-seed)."""
-    lines = ["set -eu", "umask 077", *([before] if before else []), "# 1. the services' files, then start them"]
-    lines += [_write(*entry) for entry in service_files(seed)]
-    lines += [shlex.join(argv) for argv in service_starts(seed)]
+def rewrite_script(seed: Seed, *, before: str, restart: Sequence[str]) -> bytes:
+    """A re-seed of a running container: ``before`` (a backup), the services' files, a restart
+    of ``restart``. cloud-init does not run again: it ran once, at the first start."""
+    lines = ["set -eu", "umask 077", before, *(_write(*entry) for entry in service_files(seed))]
     if restart:
         lines.append(shlex.join(["systemctl", "restart", *restart]))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def activation_script(seed: Seed) -> bytes:
+    """The whole delivery as one ``sh -s`` script (see the module docstring)."""
+    lines = ["set -eu", "umask 077", "# 1. the services' files, then start them"]
+    lines += [_write(*entry) for entry in service_files(seed)]
+    lines += [shlex.join(argv) for argv in service_starts(seed)]
     lines.append("# 2. the seed and the pin, then cloud-init's stages in boot order")
     lines += [_write(path, content, "root:root", f"{mode:o}") for path, content, mode in container_files(seed)]
     lines += list(ACTIVATE_COMMANDS)

@@ -1,10 +1,10 @@
-"""Configuration-only changes: a rotated master key, other models or ports, another admin key.
+"""Configuration-only changes: a rotated master key, other models or ports.
 
 The template stays, so the plan compares what the site renders now with what was delivered:
 a fingerprint of the seed rendered with the master key replaced by a keyed hash (HMAC-SHA256
 with a random salt kept in the journal). The key itself is never stored or compared outside
 the container. When the fingerprints differ, ``reseed`` rewrites the seed in place in one SSH
-session, restarts only the units that read a changed file (cloudinit/restart.toml), and keeps
+session (no cloud-init run), restarts only the units that read a changed file (cloudinit/restart.toml), and keeps
 the previous files in the container so that a failed gate can put them back (``restore``).
 
 Example::
@@ -41,12 +41,15 @@ def new_salt() -> str:
 
 
 def fingerprint(site: Site, master_key: str, deploy_public_key: str, salt: str) -> Fingerprint:
+    """Over the files the seed writes for the services (key, ports, models, Meridian's and
+    node_exporter's settings). Admin users and keys are applied by cloud-init at the first
+    start only: changing them takes a new container (``--full``)."""
     keyed = "k-" + hmac.new(salt.encode(), master_key.encode(), hashlib.sha256).hexdigest()
     seed = render_seed(site, master_key=keyed, instance_id="iid-fingerprint",
                        deploy_public_key=deploy_public_key)
-    whole = hashlib.sha256(seed.files["user-data"] + b"\0" + seed.files["network-config"]).hexdigest()
     files = {path: hashlib.sha256(f"{owner} {mode}\n".encode() + content).hexdigest()
              for path, content, owner, mode in service_files(seed)}
+    whole = hashlib.sha256("\n".join(f"{p} {d}" for p, d in sorted(files.items())).encode()).hexdigest()
     return Fingerprint(whole, files)
 
 

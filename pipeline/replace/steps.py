@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cloudinit import activation_script, render_seed
+from pipeline.cloudinit.deliver import rewrite_script
 from pipeline.config import Site
 from pipeline.errors import PipelineError
 from pipeline.progress import console, step
@@ -437,8 +438,7 @@ def reseed_in_place(ctx: Context, world: st.World, target: TemplateRef) -> None:
     now = ctx.fingerprint()
     rendered = render_seed(ctx.site, master_key=ctx.master_key, instance_id=f"iid-{deployment}-{int(time.time())}",
                            deploy_public_key=ctx.deploy_key)
-    script = activation_script(rendered, restart=world.reseed_units,
-                               before=reseed.backup_command(sorted(now.files)))
+    script = rewrite_script(rendered, restart=world.reseed_units, before=reseed.backup_command(sorted(now.files)))
     op = ctx.journal.op
     assert op is not None
     op["reseeded"] = {"digest": ctx.journal.get("seed_digest"), "files": ctx.journal.get("seed_files"),

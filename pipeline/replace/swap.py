@@ -89,14 +89,16 @@ def present_in_container(ssh: SSH, current: Layers) -> set[str]:
 def stage(ssh: SSH, current: Layers, target: Layers, build_dir: Path | None,
           build_manifest: dict[str, Any] | None) -> list[str]:
     """Put every layer of ``target`` the container lacks into its store; the names pushed."""
-    missing = [name for name, key in sorted(target.keys.items())
-               if store_name(name, key) not in present_in_container(ssh, current)]
+    present = present_in_container(ssh, current)
+    missing = [name for name, key in sorted(target.keys.items()) if store_name(name, key) not in present]
     if not missing:
         return []
     if build_dir is None or build_manifest is None or Layers.from_build(build_manifest) != target:
+        wanted = ", ".join(store_name(name, target.keys[name]) for name in missing)
         raise PipelineError(
-            f"the container lacks the layers {', '.join(missing)} of the target and no build of it "
-            "was given to take them from", hint="pass --template with the build output dir of the target")
+            f"the container lacks {wanted} of the target (it holds {', '.join(sorted(present)) or 'nothing'}) "
+            "and no build of it was given to take them from",
+            hint="pass --template with the build output dir of the target")
     with tempfile.TemporaryDirectory(prefix="meridian-swap-") as tmp:
         for name in missing:
             _unpack(build_dir, build_manifest, name, Path(tmp) / store_name(name, target.keys[name]))
