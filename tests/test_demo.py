@@ -24,7 +24,7 @@ from tests.plugins.hostdeps import REPO
 pytestmark = [pytest.mark.integration, pytest.mark.demo]
 DEMO_KEY = Path("/var/lib/meridian-lab/pipeline/demo-master.key")
 DEMO_TIMEOUT = 1800
-KILL_AT = "> create CT 457"
+KILL_AT = "> clone CT 457"  # in the middle of the first deploy: CT 457 being cloned
 
 
 def demo_env() -> dict[str, str]:

@@ -460,6 +460,7 @@ def restore_seed(ctx: Context, world: st.World, target: TemplateRef) -> None:
     ctx.journal.set("seed_digest", previous["digest"])
     ctx.journal.set("seed_files", previous["files"])
     ctx.journal.set("restored", op["id"])
+    ctx.downtime["up_at"] = wait_serving(ctx.site.container.network.ip, ctx.ports, SERVE_TIMEOUT)
 
 
 def stage(ctx: Context, world: st.World, target: TemplateRef) -> None:

@@ -82,8 +82,9 @@ def units_to_restart(current: Layers, target: Layers) -> list[str]:
 def present_in_container(ssh: SSH, current: Layers) -> set[str]:
     """Store names of layers the container already holds (in its store, or as the fresh
     template's directories, which the deployed manifest names)."""
-    out = ssh.run(["sh", "-c", f"ls -1 {STORE} 2>/dev/null; true"]).stdout.split()
-    return set(out) | {store_name(name, key) for name, key in current.keys.items()}
+    out = ssh.run(["sh", "-c", f"ls -1 {STORE} 2>/dev/null; true"]).stdout
+    names = (out.decode() if isinstance(out, bytes) else out).split()
+    return set(names) | {store_name(name, key) for name, key in current.keys.items()}
 
 
 def stage(ssh: SSH, current: Layers, target: Layers, build_dir: Path | None,
