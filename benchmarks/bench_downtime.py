@@ -1,0 +1,222 @@
+"""Downtime as a client sees it, for every kind of upgrade, in one run (as root, lab up):
+
+    .venv/bin/python -m benchmarks.bench_downtime [--json FILE]
+
+A poller on this machine asks both APIs of the lab CT every 50 ms, each time on a new
+connection: Meridian's ``GET :3456/v1/models`` and LiteLLM's ``GET :4000/v1/models`` with the
+master key. Up means HTTP 200; a refused connection, an error status or no answer within the
+timeout is down. Per scenario it prints the longest window in which each port (and either
+port) failed, beside the in-place ``systemctl restart`` of the same service measured in the
+same run (the Ansible way this pipeline replaces). Scenarios, in order:
+
+1. first deploy (CT 457 removed first): replace-ct's whole run, gate included;
+2. full replace (``--full``, same template): a new CT from the CT template;
+3. Meridian-only swap: the Meridian stand-in at a new version (only that layer rebuilt);
+4. LiteLLM-only swap: a copy of the repo whose litellm recipe differs by a comment (only
+   that layer rebuilt, about two minutes);
+5. failed gate: a full replace to the bumped template with a suite that fails one check,
+   rolled back to the previous template.
+
+Traffic goes only to the lab CT's address on the lab bridge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from pipeline.config import REPO_ROOT, load_site
+from pipeline.replace.ssh import latest_known_hosts
+from tests.plugins.acceptance import (
+    LAB_SITE,
+    bumped_site,
+    bumped_version,
+    lab_ssh,
+    pipeline_cli,
+    remove_lab_ct,
+)
+
+POLL_SECONDS = 0.05
+PROBE_TIMEOUT = 1.0
+SETTLE_SECONDS = 2.0
+SCENARIO_TIMEOUT = 1800
+
+
+@dataclass
+class Poller:
+    """Polls one URL every 50 ms on a fresh connection; records (time, up) samples."""
+
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    samples: list[tuple[float, bool]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        deadline = time.monotonic() + SCENARIO_TIMEOUT
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                up = httpx.get(self.url, headers=self.headers, timeout=PROBE_TIMEOUT).status_code == 200
+            except httpx.HTTPError:
+                up = False
+            self.samples.append((started, up))
+            time.sleep(max(0.0, POLL_SECONDS - (time.monotonic() - started)))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def longest_outage(samples: list[tuple[float, bool]]) -> float:
+    """The longest run of failed probes, from the first failed probe to the next good one."""
+    longest, down_since = 0.0, None
+    for at, up in samples:
+        if not up and down_since is None:
+            down_since = at
+        elif up and down_since is not None:
+            longest, down_since = max(longest, at - down_since), None
+    if down_since is not None and samples:
+        longest = max(longest, samples[-1][0] - down_since)
+    return round(longest, 2)
+
+
+def either(a: list[tuple[float, bool]], b: list[tuple[float, bool]]) -> list[tuple[float, bool]]:
+    """Merge two sample series: at each sample time, up only if the other port's last sample was up."""
+    merged, last = [], {0: True, 1: True}
+    for at, which, up in sorted([(t, 0, u) for t, u in a] + [(t, 1, u) for t, u in b]):
+        last[which] = up
+        merged.append((at, last[0] and last[1]))
+    return merged
+
+
+@contextmanager
+def polling(address: str, key: str) -> Iterator[dict[str, Poller]]:
+    pollers = {
+        "3456": Poller(f"http://{address}:3456/v1/models"),
+        "4000": Poller(f"http://{address}:4000/v1/models", {"Authorization": f"Bearer {key}"}),
+    }
+    threads = [threading.Thread(target=p.run, daemon=True) for p in pollers.values()]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(SETTLE_SECONDS)
+        yield pollers
+        time.sleep(SETTLE_SECONDS)
+    finally:
+        for poller in pollers.values():
+            poller.stop()
+        for thread in threads:
+            thread.join(timeout=5)
+
+
+def measure(address: str, key: str, action: Callable[[], object]) -> dict[str, float]:
+    with polling(address, key) as pollers:
+        started = time.monotonic()
+        action()
+        took = time.monotonic() - started
+    a, b = pollers["3456"].samples, pollers["4000"].samples
+    return {"3456": longest_outage(a), "4000": longest_outage(b), "either": longest_outage(either(a, b)),
+            "command_seconds": round(took, 1)}
+
+
+def replace_ct(site: Path, template: Path, log: Path, *extra: str, acceptance: Path | None = None,
+               check: bool = True) -> None:
+    args = ["replace-ct", "--site", str(site), "--template", str(template), "--yes", *extra]
+    if acceptance:
+        args += ["--acceptance", str(acceptance)]
+    try:
+        pipeline_cli(args, log=log)
+    except Exception:
+        if check:
+            raise
+
+
+def build(site: Path, out: Path, log: Path, *extra: str, repo: Path = REPO_ROOT) -> Path:
+    subprocess.run([sys.executable, "-m", "pipeline", "build", "--site", str(site), "--out", str(out), *extra],
+                   cwd=repo, check=True, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                   env={**os.environ, "PYTHONPATH": str(repo)}, timeout=SCENARIO_TIMEOUT)
+    return out
+
+
+def restart(service: str) -> Callable[[], object]:
+    site = load_site(LAB_SITE)
+    known = latest_known_hosts(site.site_state_dir)
+    assert known is not None, "no deployment of the lab site to restart a service in"
+    return lambda: lab_ssh(LAB_SITE, known).root(f"systemctl restart {service}")
+
+
+def litellm_variant(tmp: Path) -> Path:
+    """A copy of the repo whose litellm recipe differs by a comment: a new litellm layer key."""
+    copy = tmp / "repo-litellm-variant"
+    shutil.copytree(REPO_ROOT, copy, ignore=shutil.ignore_patterns(".git", ".venv", "build", "__pycache__"))
+    recipe = copy / "sysext" / "litellm" / "recipe.toml"
+    recipe.write_text(recipe.read_text() + f"\n# downtime benchmark variant {time.time()}\n")
+    return copy
+
+
+def failing_suite(tmp: Path) -> Path:
+    suite = tmp / "acceptance-failing"
+    shutil.copytree(REPO_ROOT / "acceptance", suite, ignore=shutil.ignore_patterns("__pycache__"))
+    (suite / "test_benchmark_failure.py").write_text(
+        "import pytest\n\n\n@pytest.mark.image\ndef test_benchmark_fails_the_gate():\n"
+        "    raise AssertionError('the downtime benchmark fails the gate on purpose')\n")
+    return suite
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    os.environ.setdefault("MERIDIAN_LAB_MASTER_KEY", "sk-" + os.urandom(24).hex())
+    key = os.environ["MERIDIAN_LAB_MASTER_KEY"]
+    site = load_site(LAB_SITE)
+    address = site.container.network.ip
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-downtime-") as name:
+        tmp = Path(name)
+        base = build(LAB_SITE, tmp / "base", tmp / "build-base.log")
+        remove_lab_ct(LAB_SITE)
+        results["first deploy (with gate)"] = measure(
+            address, key, lambda: replace_ct(LAB_SITE, base, tmp / "first.log"))
+        results["in-place restart meridian"] = measure(address, key, restart("meridian.service"))
+        results["in-place restart litellm"] = measure(address, key, restart("litellm.service"))
+        results["full replace (--full)"] = measure(
+            address, key, lambda: replace_ct(LAB_SITE, base, tmp / "full.log", "--full"))
+        bumped = bumped_site(tmp, bumped_version())
+        meridian_build = build(bumped, tmp / "meridian", tmp / "build-meridian.log", "--update-lock")
+        results["Meridian-only swap"] = measure(
+            address, key, lambda: replace_ct(bumped, meridian_build, tmp / "swap-meridian.log"))
+        variant = litellm_variant(tmp)
+        litellm_build = build(bumped, tmp / "litellm", tmp / "build-litellm.log", repo=variant)
+        results["LiteLLM-only swap"] = measure(
+            address, key, lambda: replace_ct(bumped, litellm_build, tmp / "swap-litellm.log"))
+        results["failed gate, rolled back (--full)"] = measure(
+            address, key, lambda: replace_ct(LAB_SITE, base, tmp / "rollback.log", "--full",
+                                             acceptance=failing_suite(tmp), check=False))
+    print(f"{'scenario':36} {'3456 down':>10} {'4000 down':>10} {'either':>8} {'command':>8}")
+    for name, row in results.items():
+        print(f"{name:36} {row['3456']:>9.2f}s {row['4000']:>9.2f}s {row['either']:>7.2f}s "
+              f"{row['command_seconds']:>7.1f}s")
+    meridian_ratio = results["Meridian-only swap"]["either"] / max(results["in-place restart meridian"]["either"], 0.05)
+    litellm_ratio = results["LiteLLM-only swap"]["4000"] / max(results["in-place restart litellm"]["4000"], 0.05)
+    print(f"Meridian-only swap vs in-place restart (either port): {meridian_ratio:.2f}x")
+    print(f"LiteLLM-only swap vs in-place restart (port 4000): {litellm_ratio:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Upgrades without a new container, against the lab: an extension swap when only layers
+differ, and a re-seed when only the configuration differs (issue: upgrade downtime).
+
+Its own container (CT 473, holder 9473, CT templates 9486-9488, 10.157.0.73) and state dir;
+template A is the lab build, B the same with the Meridian stand-in at a new version (only the
+meridian layer differs). In order: first deploy of A; the plan for B is a swap; the swap
+keeps the container, restarts only Meridian and leaves LiteLLM running; the swapped
+container equals one freshly cloned from B; a failing gate swaps back; a rotated master key
+and a changed model list are re-seeded in place; a failing gate restores the previous
+configuration; SIGKILL after each new step, then a rerun converges with the credentials
+file intact. Traffic goes only to the lab API on loopback and the lab container on mrdlab0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from pipeline.config import REPO_ROOT, load_site
+from pipeline.proxmox import Client
+from pipeline.replace.ssh import SSH
+from pipeline.replace.state import CT, parse_ct
+from pipeline.replace.steps import CRASH_ENV
+from pipeline.replace.template import resolve
+from pipeline.runner import run
+from tests.plugins.acceptance import LAB_SITE, bumped_site, bumped_version
+from tests.plugins.build import LabBuild
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+VMID, HOLDER, ADDRESS = 473, 9473, "10.157.0.73"
+TEMPLATE_CTS = [9486, 9487, 9488]
+KEEP = "/var/lib/meridian/.claude/inplace-keep"
+RUN_TIMEOUT = 1800
+# A quick gate: fails for a template or a model the test marks broken, passes otherwise.
+GATE = """\
+import json, os, httpx, pytest
+from pipeline.config import load_site
+from pipeline.proxmox import Client
+
+@pytest.mark.image
+def test_not_broken(pytestconfig):
+    site = load_site(pytestconfig.getoption("--site"))
+    config = Client.from_site(site.proxmox).ct_config(site.container.vmid)
+    assert {broken!r} not in config["description"]
+    key = os.environ["MERIDIAN_LAB_MASTER_KEY"]
+    models = httpx.get(f"http://{{site.container.network.ip}}:4000/v1/models", timeout=10,
+                       headers={{"Authorization": "Bearer " + key}}).json()
+    assert {broken!r} not in json.dumps(models)
+"""
+
+
+@dataclass
+class Result:
+    code: int
+    output: str
+    report: dict | None
+
+
+class Lab:
+    def __init__(self, tmp: Path, builds: dict[str, Path]) -> None:
+        self.tmp, self.builds = tmp, builds
+        self.key = "sk-" + secrets.token_urlsafe(32)
+        self.models = ["claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-7"]
+        self.suite = tmp / "gate-suite"
+        self.suite.mkdir(exist_ok=True)
+        (self.suite / "conftest.py").write_text(
+            "def pytest_addoption(parser):\n    parser.addoption('--site')\n\n"
+            "def pytest_configure(config):\n    config.addinivalue_line('markers', 'image: pre-login')\n")
+        self.fail_for(None)
+
+    @property
+    def site_file(self) -> Path:
+        data = yaml.safe_load(LAB_SITE.read_text())
+        data.update(name="inplace-test", state_dir=str(self.tmp / "state"), models=self.models)
+        data["container"].update(vmid=VMID, holder_vmid=HOLDER, template_vmids=TEMPLATE_CTS)
+        data["container"]["network"]["address"] = f"{ADDRESS}/24"
+        for key in ("source", "lockfile"):
+            data["image"]["meridian"][key] = str((LAB_SITE.parent / data["image"]["meridian"][key]).resolve())
+        path = self.tmp / "site.yml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    @property
+    def px(self) -> Client:
+        return Client.from_site(load_site(self.site_file).proxmox)
+
+    def fail_for(self, marker: str | None) -> None:
+        (self.suite / "test_gate.py").write_text(GATE.format(broken=marker or "nothing is broken"))
+
+    def replace_ct(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        log, report = self.tmp / f"run-{secrets.token_hex(4)}.log", self.tmp / f"report-{secrets.token_hex(4)}.json"
+        proc = run([sys.executable, "-m", "pipeline", "replace-ct", "--site", str(self.site_file),
+                    "--json", str(report), "--acceptance", str(self.suite), *args],
+                   env={"MERIDIAN_LAB_MASTER_KEY": self.key, **(env or {})}, cwd=REPO_ROOT,
+                   timeout=RUN_TIMEOUT, check=range(-64, 256), log=log)
+        output = log.read_text(errors="replace")
+        assert self.key not in output
+        return Result(proc.returncode, output, json.loads(report.read_text()) if report.exists() else None)
+
+    def ct(self, vmid: int = VMID) -> CT:
+        listed = {int(c["vmid"]): c for c in self.px.containers()}
+        return parse_ct(vmid, self.px.ct_config(vmid), str(listed[vmid]["status"])) if vmid in listed else CT(vmid)
+
+    def root(self, command: str, stdin: bytes = b"") -> str:
+        state = Path(self.tmp / "state" / "inplace-test")
+        ssh = SSH(ADDRESS, state / "deploy_key", self.tmp / f"known-{secrets.token_hex(4)}")
+        return ssh.run(["sh", "-c", command], input=stdin, timeout=300).stdout.decode()
+
+    def pid(self, unit: str) -> str:
+        return self.root(f"systemctl show -p MainPID --value {unit}").strip()
+
+    def manifest(self) -> dict:
+        return json.loads(self.root("cat /etc/meridian-appliance/manifest.json"))
+
+    def models_served(self, key: str | None = None) -> httpx.Response:
+        return httpx.get(f"http://{ADDRESS}:4000/v1/models", timeout=10,
+                         headers={"Authorization": f"Bearer {key or self.key}"})
+
+    def write_keep(self) -> str:
+        content = secrets.token_hex(16)
+        self.root(f"umask 077; cat > {KEEP}", stdin=content.encode())
+        return content
+
+    def remove_all(self) -> None:
+        for vmid in (VMID, HOLDER, *TEMPLATE_CTS):
+            ct = self.ct(vmid)
+            if ct.running:
+                self.px.wait_task(self.px.shutdown(vmid, 30), what=f"cleanup: stop CT {vmid}")
+            if ct.exists:
+                self.px.wait_task(self.px.delete_ct(vmid), what=f"cleanup: delete CT {vmid}")
+
+
+@pytest.fixture(scope="module")
+def lab(lab_server, lab_build: LabBuild, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    tmp = tmp_path_factory.mktemp("inplace")
+    bumped = bumped_site(tmp, bumped_version())
+    out = tmp / "build-b"
+    run([sys.executable, "-m", "pipeline", "build", "--site", str(bumped), "--out", str(out), "--update-lock"],
+        cwd=REPO_ROOT, timeout=RUN_TIMEOUT, log=tmp / "build-b.log")
+    the_lab = Lab(tmp, {"A": lab_build.out_dir, "B": out})
+    the_lab.remove_all()
+    yield the_lab
+    the_lab.remove_all()
+
+
+def ref(lab: Lab, name: str):
+    return resolve(lab.builds[name]).ref
+
+
+def image_manifest(lab: Lab, name: str) -> dict:
+    return json.loads((lab.builds[name] / "manifest.json").read_text())["image_manifest"]
+
+
+def merged_digest(lab: Lab) -> str:
+    """One digest of the merged /usr and /opt: paths, types, modes, owners, links, contents.
+    Leaves out .systemd-sysext/dev: systemd-sysext writes the overlay mount's device number
+    there, which differs for every mount of the same content."""
+    skip = "! -path '*/.systemd-sysext/dev'"
+    return lab.root(
+        f"cd / && {{ find usr opt -xdev {skip} -printf '%p %y %m %U %G %l\\n' | LC_ALL=C sort; "
+        f"find usr opt -xdev -type f {skip} -print0 | LC_ALL=C sort -z | xargs -0 sha256sum; }} "
+        "| sha256sum").split()[0]
+
+
+def test_first_deploy_of_a(lab: Lab) -> None:
+    result = lab.replace_ct("--template", str(lab.builds["A"]), "--yes")
+    assert result.code == 0, result.output
+    assert lab.ct().template == ref(lab, "A")
+    assert lab.manifest() == image_manifest(lab, "A")
+
+
+def test_plan_for_a_layer_only_change_is_a_swap(lab: Lab) -> None:
+    result = lab.replace_ct("--template", str(lab.builds["B"]), "--plan")
+    assert result.code == 2, result.output
+    assert f"copy the changed extensions of {ref(lab, 'B').name} into CT {VMID}" in result.output
+    assert f"swap them in place in CT {VMID}: sysext refresh, restart meridian.service" in result.output
+    assert "shut down" not in result.output and "clone CT" not in result.output
+
+
+def test_swap_keeps_the_container_and_restarts_only_meridian(lab: Lab) -> None:
+    keep = lab.write_keep()
+    deployment = lab.ct().deployment
+    meridian, litellm = lab.pid("meridian.service"), lab.pid("litellm.service")
+    result = lab.replace_ct("--template", str(lab.builds["B"]), "--yes")
+    assert result.code == 0, result.output
+    ct = lab.ct()
+    assert ct.template == ref(lab, "B") and ct.deployment == deployment
+    assert lab.pid("litellm.service") == litellm and lab.pid("meridian.service") != meridian
+    assert lab.manifest() == image_manifest(lab, "B")
+    assert lab.root(f"cat {KEEP}") == keep
+    steps = [s["name"] for s in result.report["steps"]]
+    assert not any(s.startswith(("shut down", "clone", "create", "delete")) for s in steps), steps
+
+
+def test_swapped_container_equals_one_cloned_from_the_new_template(lab: Lab) -> None:
+    swapped = merged_digest(lab)
+    assert lab.replace_ct("--template", str(lab.builds["B"]), "--yes", "--full").code == 0
+    assert lab.ct().template == ref(lab, "B")
+    assert merged_digest(lab) == swapped
+    assert lab.manifest() == image_manifest(lab, "B")
+
+
+def test_failing_gate_swaps_back(lab: Lab) -> None:
+    lab.fail_for(ref(lab, "A").sha256)
+    try:
+        result = lab.replace_ct("--template", str(lab.builds["A"]), "--yes")
+    finally:
+        lab.fail_for(None)
+    assert result.code == 1 and "rolled back" in result.output, result.output
+    assert lab.ct().template == ref(lab, "B")
+    assert lab.manifest() == image_manifest(lab, "B")
+    steps = [s["name"] for s in result.report["steps"]]
+    assert sum(s.startswith("swap them in place") for s in steps) == 2
+    assert not any(s.startswith("shut down") for s in steps)
+
+
+def test_rotated_key_and_new_models_are_reseeded_in_place(lab: Lab) -> None:
+    old_key = lab.key
+    meridian = lab.pid("meridian.service")
+    lab.key = "sk-" + secrets.token_urlsafe(32)
+    lab.models = ["claude-haiku-4-5", "claude-sonnet-4-6"]
+    plan = lab.replace_ct("--plan")
+    assert plan.code == 2 and f"re-seed CT {VMID} in place" in plan.output, plan.output
+    assert "restart litellm.service" in plan.output and "meridian.service" not in plan.output.split("re-seed")[1]
+    result = lab.replace_ct("--yes")
+    assert result.code == 0, result.output
+    assert lab.models_served(old_key).status_code in (400, 401)
+    served = lab.models_served()
+    assert served.status_code == 200 and {m["id"] for m in served.json()["data"]} == set(lab.models)
+    assert lab.pid("meridian.service") == meridian
+    assert lab.replace_ct("--plan").code == 0
+
+
+def test_failing_gate_restores_the_previous_configuration(lab: Lab) -> None:
+    before = list(lab.models)
+    lab.models = [*before, "claude-broken-model"]
+    lab.fail_for("claude-broken-model")
+    try:
+        result = lab.replace_ct("--yes")
+    finally:
+        lab.fail_for(None)
+    assert result.code == 1 and "restoring the previous configuration" in result.output, result.output
+    assert {m["id"] for m in lab.models_served().json()["data"]} == set(before)
+    assert lab.replace_ct("--plan").code == 2  # the site still asks for the change
+    lab.models = before
+    assert lab.replace_ct("--plan").code == 0
+
+
+@pytest.mark.parametrize("step", ["stage", "switch", "reseed"])
+def test_killed_after_a_new_step_then_rerun_converges(lab: Lab, step: str) -> None:
+    keep = lab.write_keep()
+    if step == "reseed":
+        lab.key = "sk-" + secrets.token_urlsafe(32)
+        args: tuple[str, ...] = ("--yes",)
+        wanted = lab.ct().template
+    else:
+        wanted = ref(lab, "A") if lab.ct().template == ref(lab, "B") else ref(lab, "B")
+        args = ("--template", str(lab.builds["A" if wanted == ref(lab, "A") else "B"]), "--yes")
+    killed = lab.replace_ct(*args, env={CRASH_ENV: step})
+    assert killed.code == -9, killed.output
+    rerun = lab.replace_ct(*args)
+    assert rerun.code == 0, rerun.output
+    assert lab.ct().template == wanted
+    assert lab.root(f"cat {KEEP}") == keep
+    assert lab.models_served().status_code == 200
+    assert os.environ.get(CRASH_ENV) is None
