@@ -578,9 +578,9 @@ class Guests:
             self.conf_path(newid).unlink(missing_ok=True)
             message = exc.args[0] if isinstance(exc, TaskFailed) and exc.args else str(exc)
             raise TaskFailed(f"clone failed: {message}") from exc
-        self._remove_lock(vmid, "disk")
         log.settle()
         self._update_new(newid, {"lock": None})
+        self._remove_lock(vmid, "disk")  # clone_vm unlocks the source last
 
     # -- move_volume -----------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from lab.access import Access
 from lab.storage import Storages
-from lab.tasks import Tasks
+from lab.tasks import Tasks, floors
 
 DEFAULT_STATE = Path("/var/lib/meridian-lab")
 DEFAULT_NODE = "pve01"
@@ -36,7 +36,7 @@ class Node:
         self.name = name
         self.storages = Storages(state / "storage")
         self.access = Access(state / "access.json")
-        self.tasks = Tasks(state / "tasks", name)
+        self.tasks = Tasks(state / "tasks", name, floors(state / "costs.yml"))
 
     @staticmethod
     def uptime_of(pid: int) -> int:

@@ -32,9 +32,12 @@ from pipeline.errors import PipelineError
 COSTS: dict[str, float] = yaml.safe_load((Path(__file__).parent / "data" / "costs.yml").read_text())
 
 
-def floor(kind: str) -> float:
-    """The least time a task of this type takes on a real node (lab/README.md, Cost model)."""
-    return float(COSTS.get(kind, 0.0))
+def floors(raised: Path | None = None) -> dict[str, float]:
+    """The least time each task type takes on a real node (lab/README.md, Cost model). A lab's
+    own ``raised`` file (STATE/costs.yml) may make tasks slower, never faster: tests that watch
+    a task while it runs use it to hold the task open on a loaded machine."""
+    extra = yaml.safe_load(raised.read_text()) if raised and raised.exists() else {}
+    return {kind: max(float(COSTS.get(kind, 0.0)), float(extra.get(kind, 0.0))) for kind in COSTS | extra}
 
 
 class TaskFailed(Exception):
@@ -92,9 +95,10 @@ class Upid:
 
 
 class Tasks:
-    def __init__(self, root: Path, node: str) -> None:
+    def __init__(self, root: Path, node: str, task_floors: dict[str, float] | None = None) -> None:
         self.root = root
         self.node = node
+        self.floors = task_floors if task_floors is not None else floors()
         self._lock = threading.Lock()
         self._last_pstart = 0
         root.mkdir(parents=True, exist_ok=True)
@@ -116,8 +120,8 @@ class Tasks:
         meta, log_path = self._files(str(upid))
         log_path.touch()
         self._write(meta, record)
-        thread = threading.Thread(target=self._run, args=(record, meta, TaskLog(log_path, floor(kind)), work),
-                                  name=str(upid), daemon=True)
+        task_log = TaskLog(log_path, self.floors.get(kind, 0.0))
+        thread = threading.Thread(target=self._run, args=(record, meta, task_log, work), name=str(upid), daemon=True)
         thread.start()
         return str(upid)
 

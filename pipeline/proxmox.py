@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,23 @@ from pipeline.errors import PipelineError
 
 REQUEST_TIMEOUT = (10, 60)  # (connect, read) seconds for ordinary calls
 UPLOAD_TIMEOUT = (10, 3600)  # a template is hundreds of MiB: proxmoxer's 5 s default is far too short
-# Task polls start fast (most tasks of a replace take well under a second) and back off to 1 s.
+# Task polls: every 0.1 s for the first seconds (the tasks inside a replace's downtime window take
+# 0.5-2 s each, and every poll of slack is downtime), then backing off to 1 s for long tasks.
 POLL_FIRST_SECONDS = 0.1
+POLL_FAST_FOR_SECONDS = 3.0
 POLL_MAX_SECONDS = 1.0
 LOG_TAIL = 15
+
+
+def poll_pauses(timeout: float) -> Iterator[float]:
+    """Pauses between polls of a task: fast at first, then backing off; a bounded number of them
+    (the caller also stops at its deadline)."""
+    pause, waited = POLL_FIRST_SECONDS, 0.0
+    for _ in range(int(timeout / POLL_FIRST_SECONDS) + 1):
+        yield pause
+        waited += pause
+        if waited >= POLL_FAST_FOR_SECONDS:
+            pause = min(POLL_MAX_SECONDS, pause * 1.5)
 
 
 class ProxmoxError(PipelineError):
@@ -213,14 +226,12 @@ class Client:
         config until it says ``template: 1`` (bounded by the task timeout)."""
         self.call(f"convert CT {vmid} to a template", lambda a: a.nodes(self.node).lxc(vmid).template.post())
         deadline = time.monotonic() + self.cfg.task_timeout
-        pause = POLL_FIRST_SECONDS
-        for _ in range(int(self.cfg.task_timeout / POLL_FIRST_SECONDS) + 1):
+        for pause in poll_pauses(self.cfg.task_timeout):
             if str(self.ct_config(vmid).get("template", "0")) == "1":
                 return
             if time.monotonic() >= deadline:
                 break
             time.sleep(pause)
-            pause = min(POLL_MAX_SECONDS, pause * 1.5)
         raise ProxmoxError(f"CT {vmid} is not a template {self.cfg.task_timeout}s after the conversion "
                            "was asked for", hint=f"see the vztemplate task of CT {vmid} in the task log")
 
@@ -254,8 +265,7 @@ class Client:
         timeout = timeout or self.cfg.task_timeout
         node = upid_node(upid)
         deadline = time.monotonic() + timeout
-        pause = POLL_FIRST_SECONDS
-        for _ in range(int(timeout / POLL_FIRST_SECONDS) + 1):
+        for pause in poll_pauses(timeout):
             status = self.call(f"{what}: read task status", lambda a: a.nodes(node).tasks(upid).status.get())
             if status.get("status") == "stopped":
                 exitstatus = status.get("exitstatus")
@@ -268,7 +278,6 @@ class Client:
             if time.monotonic() >= deadline:
                 break
             time.sleep(pause)
-            pause = min(POLL_MAX_SECONDS, pause * 1.5)
         raise TaskError(
             f"{what}: task still running after {timeout:.0f}s ({upid})", upid=upid, exitstatus=None,
             log=self.task_log(upid),

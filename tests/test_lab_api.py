@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 TEMPLATE = "lab-test-debian-12_amd64.tar.zst"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def admin(lab_server, lab_workdir) -> ProxmoxAPI:
     """A root-like token for set-up and clean-up the lab token may not do (deleting templates)."""
     secret = lab_workdir / "admin.secret"
@@ -25,14 +25,15 @@ def admin(lab_server, lab_workdir) -> ProxmoxAPI:
     return lab_server.client("labtest@pve!admin", secret)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def px(lab_server) -> ProxmoxAPI:
     return lab_server.client()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def template(lab_server, lab_template, px, admin) -> str:
-    """The small template, uploaded once per session as local:vztmpl/TEMPLATE."""
+    """The small template, uploaded once for this module as local:vztmpl/TEMPLATE (module scope:
+    the demo tests at the end of a run replace the lab and its tokens)."""
     ok(px, upload(px, lab_template, TEMPLATE, sha256(lab_template)))
     yield f"local:vztmpl/{TEMPLATE}"
     ok(admin, admin.nodes(NODE).storage("local").content(f"local:vztmpl/{TEMPLATE}").delete())

@@ -24,6 +24,7 @@ from tests.plugins.pveapi import NET, NODE, ok, sha256, upload, wait_task
 
 pytestmark = pytest.mark.integration
 PORT = 8009
+WATCHED_CLONE_SECONDS = 6.0  # this lab's vzclone floor (own_lab)
 TEMPLATE = "clone-test_amd64.tar.zst"
 MIB = 1024**2
 BIG = 300 * MIB
@@ -39,6 +40,10 @@ def lab(state: Path, *args: str) -> str:
 @pytest.fixture(scope="module")
 def own_lab(lab_workdir: Path, lab_template: Path) -> Iterator[Lab]:
     state = lab_workdir / "clone-lab"
+    state.mkdir(exist_ok=True)
+    # Clones take longer here than on a quick node, so that the locks a running clone holds can
+    # be watched from outside even on a loaded machine (lab/README.md, Cost model).
+    (state / "costs.yml").write_text(f"vzclone: {WATCHED_CLONE_SECONDS}\n")
     lab(state, "up", "--port", str(PORT))
     the_lab = Lab(url=f"https://127.0.0.1:{PORT}/api2/json", host="127.0.0.1", port=PORT, node=NODE,
                   token_id="pipeline@pve!lab", token_secret_path=state / "token.secret",
@@ -221,6 +226,7 @@ def test_linked_clone_is_o1_sees_the_base_and_writes_only_its_own(own_lab: Lab, 
         refused(lambda: node.lxc(9410).clone.post(newid=9412, pool="meridian"), 500, "CT is locked (disk)")
         refused(lambda: node.lxc(9410).template.post(), 500, "CT is locked (disk)")
         refused(lambda: node.lxc(9410).delete(), 500, "CT is locked (disk)")
+        assert node.tasks(upid).status.get()["status"] == "running", "the checks above ran after the clone"
         log = ok(px, upid)
         assert log[:2] == ["creating a clone of container 9410 with ID 9411",
                            f"create linked clone of mount point rootfs ({base})"], log

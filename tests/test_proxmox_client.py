@@ -251,6 +251,15 @@ def test_wait_task_times_out(client: tuple[Client, Api], monkeypatch: pytest.Mon
     assert "extracting archive" in str(err.value)
 
 
+def test_task_polls_are_fast_for_the_short_tasks_of_a_window_then_back_off() -> None:
+    pauses = list(proxmox.poll_pauses(60))
+    fast = [p for p in pauses if p == proxmox.POLL_FIRST_SECONDS]
+    assert len(fast) == round(proxmox.POLL_FAST_FOR_SECONDS / proxmox.POLL_FIRST_SECONDS)
+    assert pauses[:len(fast)] == fast  # a 1.5 s clone is seen done within 0.1 s
+    assert pauses[-1] == proxmox.POLL_MAX_SECONDS and pauses == sorted(pauses)
+    assert len(pauses) == int(60 / proxmox.POLL_FIRST_SECONDS) + 1  # bounded in count
+
+
 @pytest.mark.parametrize("bad", ["", "not-a-upid", "UPID"])
 def test_wait_task_rejects_non_upids(client: tuple[Client, Api], bad: str) -> None:
     with pytest.raises(ProxmoxError, match="is not a task id"):
