@@ -64,6 +64,13 @@ class Access:
             self._save(data)
         return secret
 
+    def set_acl(self, token_id: str, acl: Iterable[tuple[str, str]]) -> None:
+        """Give an existing token exactly this ACL (its secret stays)."""
+        with self._lock:
+            data = self._load()
+            data["tokens"][token_id]["acl"] = [{"path": path, "role": role} for path, role in acl]
+            self._save(data)
+
     def ensure_pool(self, pool: str) -> None:
         with self._lock:
             data = self._load()

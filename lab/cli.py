@@ -121,9 +121,10 @@ def _ensure_token(state: Path) -> None:
     secret_file = state / "token.secret"
     for pool in LAB_TOKEN["pools"]:
         node.access.ensure_pool(pool)
-    if secret_file.exists() and node.access.authenticate(_header(secret_file)):
-        return
     acl = [(entry["path"], entry["role"]) for entry in LAB_TOKEN["acl"]]
+    if secret_file.exists() and node.access.authenticate(_header(secret_file)):
+        node.access.set_acl(LAB_TOKEN["token"], acl)  # a lab made by an older version gets today's
+        return
     _write_secret(secret_file, node.access.add_token(LAB_TOKEN["token"], acl))
 
 

@@ -189,6 +189,10 @@ class Client:
             lambda a: a.nodes(self.node).storage(storage).content.get(content=content),
         )
 
+    def delete_volume(self, storage: str, volid: str) -> str:
+        """DELETE .../storage/{storage}/content/{volume} (needs Datastore.Allocate there)."""
+        return self.call(f"delete {volid}", lambda a: a.nodes(self.node).storage(storage).content(volid).delete())
+
     def containers(self) -> list[dict[str, Any]]:
         return self.call(f"list containers on node {self.node}", lambda a: a.nodes(self.node).lxc.get())
 

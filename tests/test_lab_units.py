@@ -96,6 +96,10 @@ def test_tokens_acls_and_pools(tmp_path):
     assert acc.missing("pipeline@pve!lab", "/storage/local", ["Datastore.Allocate"]) == "Datastore.Allocate"
     acc.set_pool(457, None)
     assert acc.missing("pipeline@pve!lab", "/vms/457", ["VM.Audit"]) == "VM.Audit"
+    acc.set_acl("pipeline@pve!lab", [*acl, ("/storage/local", "PVEDatastoreAdmin")])  # roles add up
+    privs = ["Datastore.Allocate", "Datastore.AllocateTemplate"]
+    assert acc.missing("pipeline@pve!lab", "/storage/local", privs) is None
+    assert acc.authenticate(f"PVEAPIToken=pipeline@pve!lab={secret}") == "pipeline@pve!lab"
 
 
 def test_upid_format_round_trips():

@@ -124,6 +124,17 @@ class Lab:
     def read_keep(self) -> bytes:
         return self.ssh().run(["cat", KEEP]).stdout
 
+    def archives(self) -> set[str]:
+        storage = self.site.proxmox.template_storage
+        return {str(i["volid"]).split("/", 1)[1] for i in self.px.storage_content(storage, "vztmpl")}
+
+    def archive(self, path: Path) -> str:
+        """The volid of ``path`` on the template storage, uploaded here (not by replace-ct) if absent."""
+        ref, storage = resolve(path).ref, self.site.proxmox.template_storage
+        if ref.name not in self.archives():
+            self.px.wait_task(self.px.upload_template(storage, path, ref.name, ref.sha256), what=f"upload {ref.name}")
+        return f"{storage}:vztmpl/{ref.name}"
+
     def assert_volume_safe(self) -> None:
         """Exactly one of the CT and the holder carries the credentials volume."""
         ct, holder = self.ct(self.site.container.vmid), self.ct(self.site.container.holder_vmid)
@@ -291,6 +302,38 @@ def test_killed_after_a_step_then_rerun_converges(lab: Lab, templates: dict[str,
     assert lab.read_keep() == content
 
 
+def test_older_uploads_and_template_cts_are_pruned_never_anothers(lab: Lab, templates: dict[str, Path],
+                                                                   suite: Suite) -> None:
+    """--keep 1: the archive this state dir uploaded for an older deployment and its CT template go,
+    named in the plan; an archive someone else uploaded under the same kind of name stays."""
+    foreign = resolve(variant(templates["A"], lab.tmp, 10)).ref
+    foreign_volid = lab.archive(variant(templates["A"], lab.tmp, 10))
+    older, newer = variant(templates["A"], lab.tmp, 8), variant(templates["A"], lab.tmp, 9)
+    gate = ("--acceptance", str(suite.path))
+    for path in (older, newer):
+        assert replace_ct(lab.site_file, lab.tmp, "--template", str(path), "--yes", *gate).code == 0
+    older_ref, newer_ref = resolve(older).ref, resolve(newer).ref
+    assert {older_ref.name, newer_ref.name, foreign.name} <= lab.archives()
+    (older_ct,) = [v for v in TEMPLATE_CTS if lab.ct(v).template == older_ref]
+    plan = replace_ct(lab.site_file, lab.tmp, "--plan", "--keep", "1")
+    assert plan.code == 2, plan.output
+    assert f"remove CT templates no deployment needs: CT {older_ct}" in plan.output
+    assert ("delete archives this pipeline uploaded that no kept deployment needs: "
+            f"{lab.site.proxmox.template_storage}:vztmpl/{older_ref.name}") in plan.output
+    assert foreign.name not in plan.output
+    killed = replace_ct(lab.site_file, lab.tmp, "--keep", "1", "--yes", *gate, env={CRASH_ENV: "prune_uploads"})
+    assert killed.code == -9, killed.output
+    rerun = replace_ct(lab.site_file, lab.tmp, "--keep", "1", "--yes", *gate)
+    assert rerun.code == 0, rerun.output
+    on_storage = lab.archives()
+    assert newer_ref.name in on_storage and foreign.name in on_storage and older_ref.name not in on_storage
+    assert not lab.ct(older_ct).exists and lab.ct(lab.ct(VMID).base or 0).template == newer_ref
+    deployed(lab, newer)
+    assert replace_ct(lab.site_file, lab.tmp, "--plan", "--keep", "1").code == 0
+    storage = lab.site.proxmox.template_storage
+    lab.px.wait_task(lab.px.delete_volume(storage, foreign_volid), what="cleanup: delete the foreign archive")
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -315,7 +358,7 @@ def test_site_errors_change_nothing(lab: Lab, templates: dict[str, Path], tmp_pa
 
 def test_a_container_not_ours_is_refused(lab: Lab, templates: dict[str, Path], tmp_path: Path) -> None:
     """CT 471 made by someone else (no marker tag): refused, untouched, unless --adopt."""
-    volid = f"{lab.site.proxmox.template_storage}:vztmpl/{resolve(templates['A']).ref.name}"
+    volid = lab.archive(templates["A"])  # replace-ct may have pruned its own upload of it
     upid = lab.px.create_ct(FOREIGN, {"ostemplate": volid, "rootfs": f"{lab.site.proxmox.rootfs_storage}:4",
                                       "unprivileged": 1, "hostname": "someone-elses",
                                       "pool": lab.site.proxmox.pool})

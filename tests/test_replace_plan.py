@@ -194,6 +194,15 @@ def test_prune_keeps_the_current_and_previous_template_and_what_a_clone_depends_
     assert replace(world, holder=holder(base=9458)).prunable() == ()
 
 
+def test_stale_uploads_are_deleted_last_and_named_in_the_plan() -> None:
+    stale = ("local:vztmpl/meridian_0_amd64-000000000000.tar.zst",)
+    tidy = make_plan(replace(DEPLOYED, stale_uploads=stale), OLD, adopt=False)
+    assert tidy.steps == ("prune_uploads",) and tidy.exit_code == EXIT_CHANGES and not tidy.destructive
+    assert tidy.lines == (f"delete archives this pipeline uploaded that no kept deployment needs: {stale[0]}",)
+    upgrade = make_plan(replace(DEPLOYED, uploaded=False, stale_uploads=stale), NEW, adopt=False)
+    assert upgrade.steps == ("upload", *REPLACE, "prune_uploads")
+
+
 def test_new_template_ct_takes_a_free_slot_prunes_for_one_or_refuses() -> None:
     world = replace(LINKED, uploaded=True)
     assert world.base_vmid(NEW) == 9459

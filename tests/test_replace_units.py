@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 from pathlib import Path
@@ -9,11 +10,13 @@ from typing import Any
 
 import pytest
 
+from pipeline.config import REPO_ROOT, load_site
 from pipeline.errors import PipelineError
 from pipeline.replace import template
 from pipeline.replace.gate import failed_checks
 from pipeline.replace.journal import Journal, locked
-from pipeline.replace.state import description, parse_ct
+from pipeline.replace.state import CT, MARKER_TAG, ROLE_TEMPLATE, World, description, parse_ct
+from pipeline.replace.steps import Context, kept_templates, stale_uploads, template_volid
 from pipeline.replace.template import TemplateRef
 
 OLD = TemplateRef("old.tar.zst", "a" * 64)
@@ -126,3 +129,58 @@ def test_junit_failed_checks(tmp_path: Path) -> None:
         "</testsuite></testsuites>"
     )
     assert failed_checks(xml) == ["acceptance.test_http::test_models", "acceptance.test_units::test_err"]
+
+
+# -- which uploaded archives are pruned ------------------------------------------------------
+
+A, B, C = (TemplateRef(f"meridian_{n}_amd64-{n * 12}.tar.zst", n * 64) for n in "abc")
+ELSEWHERE = TemplateRef("meridian_e_amd64-eeeeeeeeeeee.tar.zst", "e" * 64)  # another site deploys it
+FOREIGN = TemplateRef("meridian_f_amd64-ffffffffffff.tar.zst", "f" * 64)  # on the storage, not ours
+
+
+class Configs:
+    """The one Proxmox call the pruning rule makes: GET .../config of a listed CT."""
+
+    def __init__(self, configs: dict[int, dict[str, Any]]) -> None:
+        self.configs = configs
+
+    def ct_config(self, vmid: int) -> dict[str, Any]:
+        return self.configs[vmid]
+
+
+def pruning(tmp_path: Path, keep: int, other_site: bool = True) -> tuple[Context, dict[int, dict[str, Any]]]:
+    """A journal that uploaded A, B, C and ELSEWHERE and deployed A, B, C in turn; CT 457 runs C."""
+    configs = {457: {"tags": MARKER_TAG, "description": description(C, "d3")}}
+    if other_site:
+        configs[460] = {"tags": MARKER_TAG, "description": description(ELSEWHERE, "x1")}
+    journal = Journal(tmp_path)
+    journal.set("uploads", [{"name": r.name, "sha256": r.sha256} for r in (A, B, C, ELSEWHERE)])
+    journal.set("deployed", [{"name": r.name, "sha256": r.sha256} for r in (A, B, C)])
+    ctx = Context(site=load_site(REPO_ROOT / "sites" / "lab.yml"), px=Configs(configs),  # type: ignore[arg-type]
+                  journal=journal, master_key="", suite=tmp_path, keep=keep)
+    return ctx, {v: {"vmid": v, "tags": c["tags"]} for v, c in configs.items()}
+
+
+def stale(ctx: Context, listed: dict[int, dict[str, Any]], bases: tuple[CT, ...] = (),
+          cloned_from: int | None = None) -> list[str]:
+    ct = dataclasses.replace(parse_ct(457, ctx.px.ct_config(457), "running"), base=cloned_from)
+    world = World(ct=ct, holder=CT(9457), bases=bases, keep=frozenset(kept_templates(ctx, C)))
+    archives = {template_volid(ctx.site, r): 1 for r in (A, B, C, ELSEWHERE, FOREIGN)}
+    return [v.split("/")[-1] for v in stale_uploads(ctx, world, archives, listed)]
+
+
+def test_only_our_uploads_that_no_kept_deployment_or_other_site_needs_are_pruned(tmp_path: Path) -> None:
+    ctx, listed = pruning(tmp_path, keep=2)
+    assert stale(ctx, listed) == [A.name]  # B: the previous deployment; FOREIGN: not our upload
+    assert stale(*pruning(tmp_path, keep=1)) == [A.name, B.name]
+    assert stale(*pruning(tmp_path, keep=3)) == [] == stale(*pruning(tmp_path, keep=4))
+    assert stale(*pruning(tmp_path, keep=1, other_site=False)) == [A.name, B.name, ELSEWHERE.name]
+
+
+def test_an_archive_whose_ct_template_stays_or_whose_delete_failed_is_kept(tmp_path: Path) -> None:
+    ctx, listed = pruning(tmp_path, keep=1)
+    base_of_a = CT(9458, exists=True, ours=True, role=ROLE_TEMPLATE, template=A, is_template=True)
+    assert stale(ctx, listed, bases=(base_of_a,)) == [A.name, B.name]  # its CT template is pruned too
+    assert stale(ctx, listed, bases=(base_of_a,), cloned_from=9458) == [B.name]  # 457 stands on it
+    ctx.undeletable.add(template_volid(ctx.site, B))
+    assert stale(ctx, listed) == [A.name]

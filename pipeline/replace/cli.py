@@ -27,6 +27,7 @@ from pipeline.replace.journal import Journal, locked
 from pipeline.replace.plan import EXIT_ERROR, EXIT_NOTHING, Plan, make_plan
 from pipeline.replace.ssh import ensure_deploy_key
 from pipeline.replace.steps import (
+    DEFAULT_KEEP,
     Context,
     GateFailed,
     converge,
@@ -50,9 +51,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="replace the container even when its template is current")
     parser.add_argument("--adopt", action="store_true",
                         help="take over a container this pipeline did not create")
+    parser.add_argument("--keep", type=_at_least_one, default=DEFAULT_KEEP, metavar="N",
+                        help="keep the templates (CT template and uploaded archive) of the N latest "
+                             f"deployments; older ones this pipeline made are removed (default {DEFAULT_KEEP})")
     parser.add_argument("--json", type=Path, metavar="REPORT", help="write a JSON report here")
     parser.add_argument("--acceptance", type=Path, default=ACCEPTANCE_DIR,
                         help="acceptance suite to gate on (default: acceptance/)")
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number of at least 1 (the deployed template)")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
     site.site_state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     with locked(site.site_state_dir):
         ctx = Context(site=site, px=px, journal=Journal(site.site_state_dir), master_key=key,
-                      suite=args.acceptance, adopt=args.adopt, local=local,
+                      suite=args.acceptance, adopt=args.adopt, local=local, keep=args.keep,
                       rootfs_storage_type=px.storage_type(site.proxmox.rootfs_storage))
         return _deploy(ctx, args)
 

@@ -14,7 +14,7 @@ happens before the stop, while the old container still serves; the window from `
 
     upload -> base (CT from the archive) -> templatize -> holder
            -> stop -> park (mp0 to holder) -> delete -> clone -> unpark (mp0 back)
-           -> start -> seed -> gate -> prune
+           -> start -> seed -> gate -> prune -> prune_uploads
 
 On other storages (dir) ``create`` from the archive takes the place of base/templatize/clone,
 inside the window (the plan says so).
@@ -57,6 +57,7 @@ STEPS: dict[str, str] = {
     "restore": "put CT {ct}'s previous configuration files back and restart their units",
     "gate": "run the acceptance suite (pre-login tier) against CT {ct}",
     "prune": "remove CT templates no deployment needs: CT {prune}",
+    "prune_uploads": "delete archives this pipeline uploaded that no kept deployment needs: {stale}",
 }
 DESTRUCTIVE = frozenset({"stop", "park", "delete"})
 
@@ -175,6 +176,8 @@ def next_step(world: World, target: TemplateRef) -> str | None:
         return "gate"
     if world.prunable():
         return "prune"
+    if world.stale_uploads:
+        return "prune_uploads"
     return None
 
 
@@ -202,6 +205,8 @@ def simulate(world: World, step: str, target: TemplateRef) -> World:
     if step == "prune":
         gone = set(world.prunable())
         return replace(world, bases=tuple(b for b in world.bases if b.vmid not in gone))
+    if step == "prune_uploads":
+        return replace(world, stale_uploads=())
     if step == "volume":
         return with_ct(world, volume="(new volume)")
     if step == "holder":
@@ -253,6 +258,7 @@ def step_line(name: str, world: World, target: TemplateRef) -> str:
         ct=world.ct.vmid, holder=world.holder.vmid, target=target.name,
         base=world.base_vmid(target) or "(no free template_vmids slot)",
         prune=", CT ".join(str(v) for v in world.prunable()),
+        stale=", ".join(world.stale_uploads),
         units=" ".join(world.swap_units) or "nothing",
         reseed_units=" ".join(world.reseed_units) or "nothing",
     )

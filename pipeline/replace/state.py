@@ -77,6 +77,7 @@ class World:
     seed_stale: bool = False  # the site now renders another seed than the one delivered
     reseed_units: tuple[str, ...] = ()  # the units that read a changed file
     restore_seed: bool = False  # a re-seed failed the gate: put the previous files back
+    stale_uploads: tuple[str, ...] = ()  # volids of archives we uploaded that no kept template is
 
     def base_for(self, target: TemplateRef) -> CT | None:
         return next((b for b in self.bases if b.template == target), None)
@@ -120,7 +121,7 @@ def description(template: TemplateRef, deployment: str, base: int | None = None)
 def template_description(template: TemplateRef) -> str:
     return (
         f"Managed by {MARKER_TAG}: a CT template the appliance container is cloned from "
-        f"(replace-ct keeps the current and the previous one).\nrole: {ROLE_TEMPLATE}\n"
+        f"(replace-ct keeps those of the latest deployments, --keep).\nrole: {ROLE_TEMPLATE}\n"
         f"template: {template.name}\nsha256: {template.sha256}\n"
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ SHUTDOWN_SECONDS = 60
 SERVE_TIMEOUT = 300
 CLOUD_INIT_TIMEOUT = 600
 LOCK_POLL_SECONDS = 2.0
+DEFAULT_KEEP = 2  # the deployed template and the one before it (a rollback's)
 
 
 class GateFailed(PipelineError):
@@ -68,6 +69,8 @@ class Context:
     adopt: bool = False
     local: LocalTemplate | None = None
     downtime: dict[str, float] = field(default_factory=dict)
+    keep: int = DEFAULT_KEEP  # --keep: the templates of this many latest deployments stay
+    undeletable: set[str] = field(default_factory=set)  # archives whose DELETE failed this run
 
     @property
     def state_dir(self) -> Path:
@@ -103,7 +106,7 @@ def read_world(ctx: Context, target: TemplateRef) -> st.World:
     bases = tuple(b for b in (read_ct(ctx, v, listed) for v in ctx.site.container.template_vmids)
                   if b.exists and b.ours and b.role == st.ROLE_TEMPLATE)
     op = ctx.journal.op or {}
-    keep = {TemplateRef(**op[k]) for k in ("target", "previous") if op.get(k)} | {target}
+    keep = kept_templates(ctx, target)
     seeded = bool(deployed) and ctx.journal.get("seeded") == deployed
     seed_now = ctx.fingerprint() if seeded else None
     restoring = bool(op.get("restore_seed")) and ctx.journal.get("restored") != op.get("id")
@@ -114,8 +117,9 @@ def read_world(ctx: Context, target: TemplateRef) -> st.World:
     swappable = bool(ct.running and seeded and known and ct.template and ct.template != target
                      and not (force and ct.deployment == force)
                      and current and wanted and current.system == wanted.system)
-    return st.World(
-        ct=ct, holder=holder, uploaded=_uploaded(ctx, target),
+    archives = _archives(ctx)
+    world = st.World(
+        ct=ct, holder=holder, uploaded=_uploaded(ctx, target, archives),
         seeded=seeded,
         gated=bool(deployed) and ctx.journal.get("gated") == _gate_key(ctx, deployed, target),
         volume_known=bool(ctx.journal.get("volume_created")),
@@ -130,6 +134,46 @@ def read_world(ctx: Context, target: TemplateRef) -> st.World:
                                                                  seed_now.files)))
         if seed_stale and seed_now else (),
     )
+    return replace(world, stale_uploads=stale_uploads(ctx, world, archives, listed))
+
+
+def kept_templates(ctx: Context, target: TemplateRef) -> set[TemplateRef]:
+    """Templates whose CT template and archive stay: those of the ``--keep`` latest deployments
+    counting the target as deployed (so the plan shows what goes once it is), and the running
+    operation's target and previous (a rollback's way back)."""
+    op = ctx.journal.op or {}
+    earlier = [r for r in (TemplateRef(**d) for d in ctx.journal.get("deployed") or []) if r != target]
+    recent = earlier[max(0, len(earlier) - (ctx.keep - 1)):] if ctx.keep > 1 else []
+    return {TemplateRef(**op[k]) for k in ("target", "previous") if op.get(k)} | {target, *recent}
+
+
+def _archives(ctx: Context) -> dict[str, int]:
+    """volid -> size of every container template on the template storage."""
+    items = ctx.px.storage_content(ctx.site.proxmox.template_storage, "vztmpl")
+    return {str(i.get("volid")): int(i.get("size", -1)) for i in items}
+
+
+def stale_uploads(ctx: Context, world: st.World, archives: dict[str, int],
+                   listed: dict[int, dict[str, Any]]) -> tuple[str, ...]:
+    """Archives this state dir uploaded (the journal's record: never anyone else's) that are
+    still on the storage and that nothing stands on: not a kept template, not a remaining CT
+    template, and no container of this pipeline on the node (any site's: another site may
+    deploy the same archive) names it in its description."""
+    gone = set(world.prunable())
+    needed = set(world.keep) | {b.template for b in world.bases if b.vmid not in gone}
+    uploaded = [TemplateRef(**u) for u in ctx.journal.get("uploads") or []]
+    candidates = [u for u in dict.fromkeys(uploaded) if u not in needed
+                  and template_volid(ctx.site, u) in archives and template_volid(ctx.site, u) not in ctx.undeletable]
+    if candidates:
+        ours = (v for v, c in listed.items() if st.MARKER_TAG in str(c.get("tags", "")) and v not in gone)
+        needed |= {read_ct(ctx, v, listed).template for v in ours}
+    return tuple(template_volid(ctx.site, u) for u in candidates if u not in needed)
+
+
+def _record(ctx: Context, key: str, ref: TemplateRef) -> None:
+    """Append ``ref`` to the journal's list ``key`` (once; most recent last)."""
+    entries = [e for e in ctx.journal.get(key) or [] if TemplateRef(**e) != ref]
+    ctx.journal.set(key, [*entries, {"name": ref.name, "sha256": ref.sha256}])
 
 
 def _gate_key(ctx: Context, deployment: str | None, target: TemplateRef) -> str:
@@ -165,14 +209,13 @@ def read_ct(ctx: Context, vmid: int, listed: dict[int, dict[str, Any]] | None = 
     return st.parse_ct(vmid, ctx.px.ct_config(vmid), str(listed[vmid].get("status", "stopped")))
 
 
-def _uploaded(ctx: Context, ref: TemplateRef) -> bool:
-    volid = template_volid(ctx.site, ref)
-    for item in ctx.px.storage_content(ctx.site.proxmox.template_storage, "vztmpl"):
-        if item.get("volid") == volid:
-            # The name carries the sha256; the size catches a truncated earlier upload.
-            local = ctx.local if ctx.local and ctx.local.ref == ref else None
-            return local is None or int(item.get("size", -1)) == local.size
-    return False
+def _uploaded(ctx: Context, ref: TemplateRef, archives: dict[str, int]) -> bool:
+    size = archives.get(template_volid(ctx.site, ref))
+    if size is None:
+        return False
+    # The name carries the sha256; the size catches a truncated earlier upload.
+    local = ctx.local if ctx.local and ctx.local.ref == ref else None
+    return local is None or size == local.size
 
 
 def wait_for_own_tasks(ctx: Context) -> None:
@@ -231,6 +274,7 @@ def upload(ctx: Context, world: st.World, target: TemplateRef) -> None:
             "and no local file was given for it",
             hint="pass --template with the build output that made it",
         )
+    _record(ctx, "uploads", target)  # before: a half-done upload is ours to clean up too
     upid = ctx.px.upload_template(ctx.site.proxmox.template_storage, ctx.local.path, target.name, target.sha256)
     ctx.px.wait_task(upid, what=f"upload of {target.name}")
 
@@ -489,6 +533,19 @@ def gate(ctx: Context, world: st.World, target: TemplateRef) -> None:
     if failed:
         raise GateFailed(failed)
     ctx.journal.set("gated", _gate_key(ctx, world.ct.deployment, target))
+    _record(ctx, "deployed", target)
+
+
+def prune_uploads(ctx: Context, world: st.World, target: TemplateRef) -> None:
+    """Delete our archives no kept deployment needs. One the storage refuses (the token lacks
+    Datastore.Allocate on it, say) is named and kept: never an error for the deploy."""
+    storage = ctx.site.proxmox.template_storage
+    for volid in world.stale_uploads:
+        try:
+            ctx.px.wait_task(ctx.px.delete_volume(storage, volid), what=f"delete {volid}")
+        except PipelineError as exc:
+            ctx.undeletable.add(volid)
+            console.print(f"kept {volid}: {exc.message.splitlines()[0]}", markup=False, soft_wrap=True)
 
 
 ACTIONS = {
@@ -497,6 +554,6 @@ ACTIONS = {
     "stop": stop, "park": park, "delete": delete, "create": create, "clone": clone,
     "volume": add_volume, "unpark": unpark, "start": start, "seed": seed, "gate": gate,
     "reseed": reseed_in_place, "restore": restore_seed,
-    "prune": prune,
+    "prune": prune, "prune_uploads": prune_uploads,
 }
 assert set(ACTIONS) == set(STEPS), "every planned step has an action"
