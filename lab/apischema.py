@@ -22,7 +22,7 @@ from typing import Any
 from lab.errors import param_error
 from lab.pveconf import parse_props
 
-# A copy of ../shared/pve-api/endpoints.json (pve-docs 9.1.3), so a clone is self-contained.
+# The Proxmox VE API schema of the endpoints we use (pve-docs 9.1.3), kept in the repo.
 SCHEMA_FILE = Path(__file__).parent / "data" / "pve-api-endpoints.json"
 
 TRUE = {"1", "true", "yes", "on"}

@@ -20,7 +20,7 @@ from pipeline.errors import PipelineError, ToolError
 
 # Variables passed through from the caller's environment. Everything else is dropped so a
 # build does not depend on whoever runs it. The trust-store variables matter behind a
-# TLS-intercepting proxy (DESIGN.md §3): build steps get the host's bundle, never the image.
+# TLS-intercepting proxy (docs/containers.md): build steps get the host's bundle, never the image.
 PASSTHROUGH_ENV = (
     "PATH", "HOME", "LANG", "TERM", "TMPDIR", "SOURCE_DATE_EPOCH",
     "SSL_CERT_FILE", "SSL_CERT_DIR", "PIP_CERT", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS",

@@ -1,4 +1,4 @@
-"""The Meridian stand-in keeps the real contract (DESIGN.md §8) under Node 22, with the real
+"""The Meridian stand-in keeps the real contract (docs/services.md) under Node 22, with the real
 bundled `claude` deciding the login state. Runs on loopback only."""
 
 from __future__ import annotations

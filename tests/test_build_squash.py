@@ -1,5 +1,5 @@
 """Sysext images are reproducible: the same tree gives the same bytes, whatever the
-files' times and owners (DESIGN.md §4), and each carries its extension-release file."""
+files' times and owners (docs/sysext.md), and each carries its extension-release file."""
 
 from __future__ import annotations
 

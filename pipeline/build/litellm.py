@@ -3,7 +3,7 @@ python3 inside the base rootfs, from the hash-locked sysext/litellm/requirements
 
 pip runs under systemd-nspawn with a throw-away overlay on the base, so the base stays
 clean. The host's CA bundle is bind-mounted read-only for pip (TLS-intercepting proxies,
-DESIGN.md §3) and never copied into the tree. Before the bytecode is made, the recipe's
+docs/containers.md) and never copied into the tree. Before the bytecode is made, the recipe's
 patches are applied to the installed packages (`git apply`: exact context, no fuzz, all or
 nothing) and pip's `litellm` console script is replaced by the recipe's launcher; both make
 the proxy start faster (sysext/litellm/README.md).

@@ -1,7 +1,7 @@
 """Proxmox's rules for an LXC template tarball, checked before a template leaves the build.
 
 Proxmox extracts with ``tar xpf - --anchored --exclude './dev/*'`` inside a user namespace
-mapping uids 0..65535 (DESIGN.md §5). A member that breaks a rule below fails its create
+mapping uids 0..65535 (docs/containers.md, docs/proxmox.md). A member that breaks a rule below fails its create
 task. Example::
 
     problems = template_violations(Path("out/meridian_1.0_amd64.tar.zst"))

@@ -84,7 +84,7 @@ def render_seed(
 
 
 def pin_file() -> bytes:
-    """The datasource pin, shipped only together with a seed (DESIGN.md §6)."""
+    """The datasource pin, shipped only together with a seed (docs/cloud-init.md)."""
     return (TEMPLATE_DIR / PIN_FILE).read_bytes()
 
 

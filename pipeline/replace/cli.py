@@ -1,7 +1,7 @@
-"""``python -m pipeline replace-ct --site FILE [--template PATH] [--plan] [--yes] [--adopt] [--json F]``
+"""``python -m pipeline replace-ct --site FILE [--template PATH] [--plan] [--yes] [--full] [--keep N] [--adopt] [--json F]``
 
 Creates or replaces the appliance container from a template, keeping its credentials
-volume (DESIGN.md §5), delivers the seed over SSH, gates on the acceptance suite and
+volume (docs/proxmox.md), delivers the seed over SSH, gates on the acceptance suite and
 rolls back to the previous template when the gate fails.
 
 Exit codes (like Terraform's ``-detailed-exitcode``):
