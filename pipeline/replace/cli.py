@@ -1,4 +1,4 @@
-"""``python -m pipeline replace-ct --site FILE [--template PATH] [--plan] [--yes] [--full] [--keep N] [--adopt] [--json F]``
+"""``python -m pipeline replace-ct --site FILE [--template PATH] [--plan] [--yes] [--full] [--keep N] ...``
 
 Creates or replaces the appliance container from a template, keeping its credentials
 volume (docs/proxmox.md), delivers the seed over SSH, gates on the acceptance suite and
