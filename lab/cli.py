@@ -26,11 +26,11 @@ import requests
 import yaml
 
 from lab import lxc, thin
+from lab.errors import LabError
 from lab.guests import Guests
 from lab.node import DEFAULT_NODE, DEFAULT_STATE, Node
 from lab.server import serve, tls_context
 from lab.tls import ensure_certificates
-from pipeline.errors import PipelineError
 
 HOST = "127.0.0.1"
 PORT = 8006
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except PipelineError as exc:
+    except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -102,10 +102,10 @@ def up(args: argparse.Namespace) -> int:
             _print_access(state, args.port)
             return 0
         if os.waitpid(daemon, os.WNOHANG)[0] == daemon:
-            raise PipelineError(f"the lab API server exited at start:\n{_log_tail(state)}",
+            raise LabError(f"the lab API server exited at start:\n{_log_tail(state)}",
                                 hint=f"whole log: {state / 'server.log'}")
         time.sleep(READY_PAUSE)
-    raise PipelineError(f"the lab API did not answer on https://{HOST}:{args.port} in "
+    raise LabError(f"the lab API did not answer on https://{HOST}:{args.port} in "
                         f"{READY_TRIES * READY_PAUSE:.0f}s; its log ends:\n{_log_tail(state)}",
                         hint=f"whole log: {state / 'server.log'}")
 
@@ -214,7 +214,7 @@ def down(args: argparse.Namespace) -> int:
     for ct_dir in sorted((state / "lxc").glob("*")) if (state / "lxc").is_dir() else []:
         try:
             lxc.Container(ct_dir.name, state / "lxc").destroy(keep_rootfs=True)
-        except PipelineError as exc:
+        except LabError as exc:
             print(f"could not stop container {ct_dir.name}: {exc}", file=sys.stderr)
     # Linked clones' overlays first: removing the storage through a mounted overlay would not free it.
     for storage_dir in sorted((state / "storage").glob("*")) if (state / "storage").is_dir() else []:
@@ -291,12 +291,12 @@ def token_add(args: argparse.Namespace) -> int:
     for item in args.acl:
         path, sep, role = item.partition("=")
         if not sep or not path.startswith("/"):
-            raise PipelineError(f"--acl {item!r} is not PATH=ROLE", hint="e.g. --acl /pool/meridian=PVEVMUser")
+            raise LabError(f"--acl {item!r} is not PATH=ROLE", hint="e.g. --acl /pool/meridian=PVEVMUser")
         acl.append((path, role))
     try:
         secret = Node(args.state).access.add_token(args.token_id, acl)
     except ValueError as exc:
-        raise PipelineError(str(exc)) from None
+        raise LabError(str(exc)) from None
     _write_secret(args.secret_file, secret)
     print(f"token {args.token_id}: secret written to {args.secret_file}")
     return 0

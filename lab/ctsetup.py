@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.lxc import GATEWAY, ID_BASE
+from lab.process import run_command
 from lab.pveconf import parse_props
 from lab.tasks import TaskFailed, TaskLog
-from pipeline.runner import run
 
 PRESET = (Path(__file__).parent / "data" / "00-pve.preset").read_text()
 HOST_KEY_TYPES = ("rsa", "ecdsa", "ed25519")
@@ -115,7 +115,7 @@ def _host_keys(rootfs: Path, hostname: str, log: TaskLog) -> None:
         for old in (key, key.with_name(key.name + ".pub")):
             old.unlink(missing_ok=True)
         log.line(f"Creating SSH host key '{key.name}' - this may take some time ...")
-        run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"root@{hostname}", "-f", key])
+        run_command(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"root@{hostname}", "-f", key])
         for path in (key, key.with_name(key.name + ".pub")):
             os.chown(path, ID_BASE, ID_BASE)
 

@@ -1,6 +1,23 @@
-"""Errors a lab handler answers with, in Proxmox's shapes (message ends with a newline)."""
+"""The lab's own errors: ``LabError`` for what a lab user can act on (the CLI prints it, a task
+ends with it), and ``ApiError``, what a lab handler answers with in Proxmox's shapes.
+
+The lab shares no code with the pipeline it stands in for (tests/test_import_rules.py).
+"""
 
 from __future__ import annotations
+
+
+class LabError(Exception):
+    """What failed, and (optionally) what to do about it; ``python -m lab`` prints it without a
+    traceback, and a task that raises it ends with its first line as the exit status."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(f"{message}\n  hint: {hint}" if hint else message)
+        self.message = message  # without the hint
+
+
+class CommandError(LabError):
+    """An external command failed: quoted command, exit code and the tail of its output."""
 
 
 class ApiError(Exception):

@@ -34,8 +34,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import PipelineError
-from pipeline.runner import run
+from lab.errors import CommandError, LabError
+from lab.process import run_command
 
 BRIDGE = "mrdlab0"
 GATEWAY = "10.157.0.1"
@@ -55,7 +55,7 @@ POLL_SECONDS = 1.0
 LEASES = Path("/run/meridian-lab/leases")
 
 
-class LxcError(PipelineError):
+class LxcError(LabError):
     """A lab container that cannot be created, started or reached."""
 
 
@@ -81,9 +81,9 @@ def ensure_bridge(name: str = BRIDGE, address: str = f"{GATEWAY}/{NETWORK.prefix
     """Create the lab bridge with its address unless it exists; True when this call created it."""
     if bridge_exists(name):
         return False
-    run(["ip", "link", "add", name, "type", "bridge"])
-    run(["ip", "addr", "add", address, "dev", name])
-    run(["ip", "link", "set", name, "up"])
+    run_command(["ip", "link", "add", name, "type", "bridge"])
+    run_command(["ip", "addr", "add", address, "dev", name])
+    run_command(["ip", "link", "set", name, "up"])
     return True
 
 
@@ -95,7 +95,7 @@ def remove_bridge(name: str = BRIDGE) -> bool:
     """
     if not bridge_exists(name) or any(Path("/sys/class/net", name, "brif").iterdir()):
         return False
-    run(["ip", "link", "del", name])
+    run_command(["ip", "link", "del", name])
     return True
 
 
@@ -140,7 +140,7 @@ def claim_address(address: str) -> bool:
 def _neighbours() -> set[str]:
     if not bridge_exists():
         return set()
-    entries = json.loads(run(["ip", "-j", "neigh", "show", "dev", BRIDGE], capture=True).stdout or "[]")
+    entries = json.loads(run_command(["ip", "-j", "neigh", "show", "dev", BRIDGE]).stdout or "[]")
     return {e["dst"] for e in entries if not {"FAILED", "INCOMPLETE"} & set(e.get("state", []))}
 
 
@@ -162,9 +162,9 @@ def extract_template(template: Path, rootfs: Path, timeout: float = 900) -> str:
     os.chmod(rootfs, 0o755)
     # Streamed on stdin, as Proxmox does: the mapped root may not be able to open the path.
     with open(template, "rb") as archive:
-        proc = run(
+        proc = run_command(
             ["lxc-usernsexec", *USERNSEXEC_MAP, "--", *TAR_EXTRACT, "-C", str(rootfs)],
-            stdin=archive, timeout=timeout, capture=True,
+            stdin=archive, timeout=timeout,
         )
     return proc.stdout + proc.stderr
 
@@ -202,7 +202,7 @@ class Container:
         return self.dir / "lxc.log"
 
     def _lxc(self, tool: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
-        return run([tool, "-n", self.name, "-P", str(self.lxcpath), *args], **kwargs)
+        return run_command([tool, "-n", self.name, "-P", str(self.lxcpath), *args], **kwargs)
 
     def write_config(
         self,
@@ -251,14 +251,14 @@ class Container:
         load it (a broken guest is listed as Proxmox lists it, never an error for the caller)."""
         if not self.config_path.exists():
             return "STOPPED"
-        proc = self._lxc("lxc-info", "-s", "-H", capture=True, check=range(256))
+        proc = self._lxc("lxc-info", "-s", "-H", check=range(256))
         return proc.stdout.strip() if proc.returncode == 0 else "STOPPED"
 
     def config_problem(self) -> str | None:
         """Why LXC cannot load this container's config (its own words), or None."""
         if not self.config_path.exists():
             return None
-        proc = self._lxc("lxc-info", "-s", "-H", capture=True, check=range(256))
+        proc = self._lxc("lxc-info", "-s", "-H", check=range(256))
         if proc.returncode == 0:
             return None
         return (proc.stderr.strip().splitlines() or ["lxc-info failed"])[-1]
@@ -266,7 +266,7 @@ class Container:
     def pid(self) -> int | None:
         if self.state() != "RUNNING":
             return None
-        out = self._lxc("lxc-info", "-p", "-H", capture=True).stdout.strip()
+        out = self._lxc("lxc-info", "-p", "-H").stdout.strip()
         return int(out) if out.isdigit() else None
 
     def start(self) -> None:
@@ -274,7 +274,7 @@ class Container:
         self.log_path.unlink(missing_ok=True)
         try:
             self._lxc("lxc-start", "-d", "-o", str(self.log_path), "-l", "INFO", timeout=60)
-        except PipelineError as exc:
+        except CommandError as exc:
             log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
             raise LxcError(f"lxc-start {self.name} failed: {exc}\n{_tail(log)}") from exc
 
@@ -301,7 +301,7 @@ class Container:
         return self._lxc(
             "lxc-attach", "--clear-env", "--set-var", f"PATH={CONTAINER_PATH}",
             "--set-var", "LC_ALL=C.UTF-8", "--", *cmd,
-            capture=True, check=check, timeout=timeout, input=input,
+            check=check, timeout=timeout, input=input,
         )
 
     def system_state(self) -> str:

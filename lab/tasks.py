@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.errors import PipelineError
+from lab.errors import LabError
 
 COSTS: dict[str, float] = yaml.safe_load((Path(__file__).parent / "data" / "costs.yml").read_text())
 
@@ -131,7 +131,7 @@ class Tasks:
             # A successful task takes at least its floor: a real node's fixed cost of it.
             log.settle()
             status = f"WARNINGS: {log.warnings}" if log.warnings else "OK"
-        except (TaskFailed, PipelineError) as exc:
+        except (TaskFailed, LabError) as exc:
             status = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown error"
             log.line(f"TASK ERROR: {str(exc).strip()}")
         except Exception as exc:  # a lab bug: still end the task, with the trace in its log

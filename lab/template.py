@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.runner import run
+from lab.process import run_command
 
 RECIPE = Path(__file__).parent / "data" / "small-template.yml"
 
@@ -25,5 +25,5 @@ def build_small_template(out: Path, recipe: Path = RECIPE) -> Path:
         spec["suite"], str(out), spec["mirror"],
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
-    run(argv, timeout=900)
+    run_command(argv, timeout=900)
     return out
