@@ -24,10 +24,7 @@ VMID, IP = 9199, "10.157.0.205"
 
 
 def main() -> None:
-    lab = Lab(url="https://127.0.0.1:8006/api2/json", host="127.0.0.1", port=8006, node=NODE,
-              token_id="pipeline@pve!lab", token_secret_path=STATE / "token.secret",
-              ca_path=STATE / "ca.pem", state=STATE)
-    px = lab.client()
+    px = Lab.at(STATE, 8006).client()
     node = px.nodes(NODE)
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
         work = Path(tmp)

@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.plugins.build",
     "tests.plugins.lab",
     "tests.plugins.acceptance",
+    "tests.plugins.cannedapi",
 ]
 
 # The lab site reads its LiteLLM master key from this variable. A fresh random key per

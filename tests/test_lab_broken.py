@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +16,7 @@ import pytest
 from proxmoxer import ProxmoxAPI
 
 from lab import lxc
-from pipeline.runner import run
-from tests.plugins.lab import REPO, Lab
+from tests.plugins.lab import Lab, lab_cli, private_lab
 from tests.plugins.pveapi import NET, NODE, ok, sha256, upload, wait_task
 
 pytestmark = pytest.mark.integration
@@ -26,23 +24,12 @@ PORT = 8008
 TEMPLATE = "broken-test_amd64.tar.zst"
 
 
-def lab(state: Path, *args: str, check: tuple[int, ...] = (0,)) -> str:
-    proc = run([sys.executable, "-m", "lab", "--state", state, *args], cwd=REPO, timeout=300,
-               check=check, capture=True)
-    return proc.stdout + proc.stderr
-
-
 @pytest.fixture(scope="module")
 def own_lab(lab_workdir: Path, lab_template: Path) -> Iterator[Lab]:
-    state = lab_workdir / "broken-lab"
-    lab(state, "up", "--port", str(PORT))
-    the_lab = Lab(url=f"https://127.0.0.1:{PORT}/api2/json", host="127.0.0.1", port=PORT, node=NODE,
-                  token_id="pipeline@pve!lab", token_secret_path=state / "token.secret",
-                  ca_path=state / "ca.pem", state=state)
-    px = the_lab.client()
-    ok(px, upload(px, lab_template, TEMPLATE, sha256(lab_template)))
-    yield the_lab
-    lab(state, "down")
+    with private_lab(lab_workdir / "broken-lab", PORT) as the_lab:
+        px = the_lab.client()
+        ok(px, upload(px, lab_template, TEMPLATE, sha256(lab_template)))
+        yield the_lab
 
 
 def created(px: ProxmoxAPI, vmid: int, ip: str) -> None:
@@ -65,9 +52,9 @@ def assert_broken_but_handled(the_lab: Lab, vmid: int, reason: str) -> None:
     px = the_lab.client()
     assert listed(px)[vmid]["status"] == "stopped"
     assert px.nodes(NODE).lxc(vmid).status.current.get()["status"] == "stopped"
-    status = lab(the_lab.state, "status")
+    status = lab_cli(the_lab.state, "status")
     assert f"CT {vmid}" in status and "BROKEN" in status and reason in status, status
-    lab(the_lab.state, "restart", "--port", str(PORT))
+    lab_cli(the_lab.state, "restart", "--port", str(PORT))
     px = the_lab.client()
     assert listed(px)[vmid]["status"] == "stopped"
     ok(px, px.nodes(NODE).lxc(vmid).delete(purge=1))
@@ -117,8 +104,8 @@ def test_up_prints_why_the_server_could_not_start(lab_workdir: Path) -> None:
         taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         taken.bind(("127.0.0.1", PORT + 1))
         taken.listen()
-        output = lab(state, "up", "--port", str(PORT + 1), check=(2,))
+        output = lab_cli(state, "up", "--port", str(PORT + 1), check=(2,))
     try:
         assert "exited at start" in output and "Address already in use" in output, output
     finally:
-        lab(state, "down")
+        lab_cli(state, "down")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +17,7 @@ import pytest
 from proxmoxer import ProxmoxAPI, ResourceException
 
 from lab import lxc
-from pipeline.runner import run
-from tests.plugins.lab import REPO, Lab
+from tests.plugins.lab import Lab, private_lab
 from tests.plugins.pveapi import NET, NODE, ok, sha256, upload, wait_task
 
 pytestmark = pytest.mark.integration
@@ -32,26 +30,15 @@ MARKER = "from the template\n"
 MACHINE_ID = "0123456789abcdef0123456789abcdef\n"
 
 
-def lab(state: Path, *args: str) -> str:
-    proc = run([sys.executable, "-m", "lab", "--state", state, *args], cwd=REPO, timeout=300, capture=True)
-    return proc.stdout + proc.stderr
-
-
 @pytest.fixture(scope="module")
 def own_lab(lab_workdir: Path, lab_template: Path) -> Iterator[Lab]:
     state = lab_workdir / "clone-lab"
-    state.mkdir(exist_ok=True)
     # Clones take longer here than on a quick node, so that the locks a running clone holds can
     # be watched from outside even on a loaded machine (lab/README.md, Cost model).
-    (state / "costs.yml").write_text(f"vzclone: {WATCHED_CLONE_SECONDS}\n")
-    lab(state, "up", "--port", str(PORT))
-    the_lab = Lab(url=f"https://127.0.0.1:{PORT}/api2/json", host="127.0.0.1", port=PORT, node=NODE,
-                  token_id="pipeline@pve!lab", token_secret_path=state / "token.secret",
-                  ca_path=state / "ca.pem", state=state)
-    px = the_lab.client()
-    ok(px, upload(px, lab_template, TEMPLATE, sha256(lab_template)))
-    yield the_lab
-    lab(state, "down")
+    with private_lab(state, PORT, costs={"vzclone": WATCHED_CLONE_SECONDS}) as the_lab:
+        px = the_lab.client()
+        ok(px, upload(px, lab_template, TEMPLATE, sha256(lab_template)))
+        yield the_lab
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(state) not in mounts, "lab down left overlays mounted"
 

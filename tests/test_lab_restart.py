@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-from pipeline.runner import run
-from tests.plugins.lab import REPO, Lab
+from tests.plugins.lab import lab_cli, private_lab
 from tests.plugins.pveapi import NET, NODE, ok, sha256, upload
 
 pytestmark = pytest.mark.integration
 PORT = 8007
 
 
-def lab(state: Path, *args: str) -> str:
-    return run([sys.executable, "-m", "lab", "--state", state, *args], cwd=REPO, timeout=300).stdout
-
-
 @pytest.fixture
 def second_lab(lab_workdir: Path):
     state = lab_workdir / "second-lab"
-    lab(state, "up", "--port", str(PORT))
-    yield Lab(url=f"https://127.0.0.1:{PORT}/api2/json", host="127.0.0.1", port=PORT, node=NODE,
-              token_id="pipeline@pve!lab", token_secret_path=state / "token.secret",
-              ca_path=state / "ca.pem", state=state)
-    lab(state, "down")
+    with private_lab(state, PORT) as the_lab:
+        yield the_lab
     assert not state.exists()
 
 
@@ -40,13 +31,13 @@ def test_server_restart_keeps_containers_and_tasks(second_lab, lab_template):
     start = node.lxc(9191).status.start.post()
     ok(px, start)
     pid = node.lxc(9191).status.current.get()["pid"]
-    lab(second_lab.state, "restart", "--port", str(PORT))
+    lab_cli(second_lab.state, "restart", "--port", str(PORT))
     px = second_lab.client()
     node = px.nodes(NODE)
     status = node.lxc(9191).status.current.get()
     assert status["status"] == "running" and status["pid"] == pid
     assert node.tasks(start).status.get()["exitstatus"] == "OK"
-    assert "CT 9191" in lab(second_lab.state, "status")
+    assert "CT 9191" in lab_cli(second_lab.state, "status")
     ok(px, node.lxc(9191).status.stop.post())
     ok(px, node.lxc(9191).delete(purge=1))
     # The lab site's pipeline state lives in the lab; `down` (in the fixture) must take it along.

@@ -15,7 +15,7 @@ from pipeline.replace import steps
 from pipeline.replace.journal import Journal
 from pipeline.replace.state import CT, World, parse_ct
 from pipeline.replace.template import TemplateRef
-from tests.test_proxmox_client import UPID, Api, api, client, pki  # noqa: F401  (fixtures)
+from tests.plugins.cannedapi import UPID, Api
 
 TARGET = TemplateRef("meridian_2_amd64-bbbbbbbbbbbb.tar.zst", "b" * 64)
 DEPLOY_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDeployKeyForTestsOnlyxxxxxxxxxxxxxxxxxxxxx deploy"
@@ -23,7 +23,7 @@ PARKED = "local-lvm:vm-9457-disk-1"
 
 
 @pytest.fixture
-def ctx(client: tuple[Client, Api], tmp_path: Path) -> tuple[steps.Context, Api]:  # noqa: F811
+def ctx(client: tuple[Client, Api], tmp_path: Path) -> tuple[steps.Context, Api]:
     px, state = client
     site = dataclasses.replace(load_site(REPO_ROOT / "sites/lab.yml"), state_dir=tmp_path)
     site.site_state_dir.mkdir()

@@ -1,6 +1,7 @@
 """Fixtures for the local lab: a small bookworm template, a work dir, a running lab API server.
 
 Other parts use ``lab_server`` (replace-ct, end to end) and ``lab_template`` (boot tests).
+Tests that break or restart a lab run one of their own with ``private_lab`` (own state and port).
 """
 
 from __future__ import annotations
@@ -9,16 +10,19 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from proxmoxer import ProxmoxAPI
 
 from lab.node import DEFAULT_STATE
 from lab.template import build_small_template
 from pipeline.runner import run
+from tests.plugins.pveapi import NODE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,6 +54,13 @@ class Lab:
     token_secret_path: Path
     ca_path: Path
     state: Path
+
+    @classmethod
+    def at(cls, state: Path, port: int) -> Lab:
+        """The lab `python -m lab --state STATE up --port PORT` runs, with its own token."""
+        return cls(url=f"https://127.0.0.1:{port}/api2/json", host="127.0.0.1", port=port, node=NODE,
+                   token_id="pipeline@pve!lab", token_secret_path=state / "token.secret",
+                   ca_path=state / "ca.pem", state=state)
 
     def client(self, token_id: str | None = None, secret_path: Path | None = None,
                timeout: int = 60) -> ProxmoxAPI:
@@ -83,11 +94,31 @@ def lab_server() -> Iterator[Lab]:
     if not was_up:
         STARTED_BY_TESTS.touch()
     run([sys.executable, "-m", "lab", "--state", state, "up"], cwd=REPO, timeout=120)
-    yield Lab(url="https://127.0.0.1:8006/api2/json", host="127.0.0.1", port=8006, node="pve01",
-              token_id="pipeline@pve!lab", token_secret_path=state / "token.secret",
-              ca_path=state / "ca.pem", state=state)
+    yield Lab.at(state, 8006)
     mine.unlink(missing_ok=True)
     others = [p for p in HOLDERS.iterdir() if p.name.isdigit() and Path("/proc", p.name).exists()]
     if not others and STARTED_BY_TESTS.exists():
         STARTED_BY_TESTS.unlink()
         run([sys.executable, "-m", "lab", "--state", state, "down"], cwd=REPO, timeout=300)
+
+
+def lab_cli(state: Path, *args: str, check: Sequence[int] = (0,)) -> str:
+    """``python -m lab --state STATE ARGS...``: its stdout and stderr (raises unless the exit
+    code is in ``check``)."""
+    proc = run([sys.executable, "-m", "lab", "--state", state, *args], cwd=REPO, timeout=300, check=check)
+    return proc.stdout + proc.stderr
+
+
+@contextmanager
+def private_lab(state: Path, port: int, costs: Mapping[str, float] | None = None) -> Iterator[Lab]:
+    """A lab of its own (state directory and port), for tests that break or restart a lab
+    without disturbing the shared one on :8006; taken down afterwards. ``costs`` raises task
+    floors (written to STATE/costs.yml before `up`; lab/README.md, Cost model)."""
+    if costs:
+        state.mkdir(parents=True, exist_ok=True)
+        (state / "costs.yml").write_text(yaml.safe_dump(dict(costs)))
+    lab_cli(state, "up", "--port", str(port))
+    try:
+        yield Lab.at(state, port)
+    finally:
+        lab_cli(state, "down")
