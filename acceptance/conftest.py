@@ -18,7 +18,8 @@ import json
 import secrets
 import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from typing import Any
 
 import httpx
 import paramiko
@@ -172,7 +173,7 @@ def wrong_key() -> str:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Generator[None, Any, None]:
     """Mask the master key in every report (failure text, captured output, junit xml)."""
     outcome = yield
     report = outcome.get_result()

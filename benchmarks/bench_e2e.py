@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from tests.plugins.acceptance import (
     LAB_SITE,
@@ -33,8 +34,10 @@ from tests.plugins.lab import HOLDERS
 
 MIB = 1024 * 1024
 
+T = TypeVar("T")
 
-def timed(action: Callable[[], object]) -> tuple[float, object]:
+
+def timed(action: Callable[[], T]) -> tuple[float, T]:
     start = time.monotonic()
     result = action()
     return time.monotonic() - start, result

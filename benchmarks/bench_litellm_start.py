@@ -173,7 +173,7 @@ def ready_seconds(venv: Path, work: Path, config: Path, site, check: bool) -> tu
     home, port = fresh_home(work), free_port()
     env = unit_environment(home) | {"LITELLM_PORT": str(port)}
     log = home / "litellm.log"
-    argv = [venv / "bin" / "python", venv / "bin" / "litellm", "--config", config,
+    argv = [str(venv / "bin" / "python"), str(venv / "bin" / "litellm"), "--config", str(config),
             "--host", "127.0.0.1", "--port", str(port)]
     start = time.monotonic()
     with log.open("wb") as out:

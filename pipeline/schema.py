@@ -79,7 +79,7 @@ def _convert(tp: Any, value: Any, *, where: str, path: str, base: Path | None) -
         return tuple(
             _convert(item, v, where=where, path=f"{path}.{i}", base=base) for i, v in enumerate(value)
         )
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return load(tp, value, where=where, path=path, base=base)
     return _scalar(tp, value, where=where, path=path, base=base)
 

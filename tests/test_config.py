@@ -30,6 +30,7 @@ def test_homelab_site_describes_pve01() -> None:
     site = load_site(SITES / "meridian.yml")
     assert (site.proxmox.node, site.container.hostname) == ("pve01", "meridian")
     assert site.container.network.ip == "192.168.1.164"
+    assert site.litellm.master_key.command is not None
     assert site.litellm.master_key.command.startswith("infisical secrets get vault_litellm_master_key")
 
 

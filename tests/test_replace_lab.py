@@ -45,7 +45,7 @@ RUN_TIMEOUT = 1800
 class Result:
     code: int
     output: str
-    report: dict | None
+    report: dict  # {} when replace-ct wrote none (it was killed)
 
 
 def replace_ct(site_file: Path, tmp: Path, *args: str, env: dict[str, str] | None = None) -> Result:
@@ -58,7 +58,7 @@ def replace_ct(site_file: Path, tmp: Path, *args: str, env: dict[str, str] | Non
     )
     output = log.read_text(errors="replace")
     assert os.environ["MERIDIAN_LAB_MASTER_KEY"] not in output
-    data = json.loads(report.read_text()) if report.exists() else None
+    data = json.loads(report.read_text()) if report.exists() else {}
     if data:
         assert os.environ["MERIDIAN_LAB_MASTER_KEY"] not in report.read_text()
     return Result(proc.returncode, output, data)

@@ -120,7 +120,8 @@ def _render(env: jinja2.Environment, name: str, context: dict, **extra: object) 
     try:
         return env.get_template(f"{name}.j2").render(**context, **extra)
     except jinja2.TemplateNotFound:
-        raise PipelineError(f"cloud-init template missing: {name}.j2 in {env.loader.searchpath[0]}") from None
+        where = getattr(env.loader, "searchpath", ["the template folder"])[0]
+        raise PipelineError(f"cloud-init template missing: {name}.j2 in {where}") from None
     except jinja2.TemplateError as exc:
         line = getattr(exc, "lineno", None)
         where = f"{name}.j2" + (f":{line}" if line else "")

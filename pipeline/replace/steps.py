@@ -110,7 +110,8 @@ def read_world(ctx: Context, target: TemplateRef) -> st.World:
     seeded = bool(deployed) and ctx.journal.get("seeded") == deployed
     seed_now = ctx.fingerprint() if seeded else None
     restoring = bool(op.get("restore_seed")) and ctx.journal.get("restored") != op.get("id")
-    seed_stale = bool(seed_now) and not op.get("restore_seed") and ctx.journal.get("seed_digest") != seed_now.digest
+    seed_stale = (seed_now is not None and not op.get("restore_seed")
+                  and ctx.journal.get("seed_digest") != seed_now.digest)
     known = bool(deployed) and ctx.journal.get("deployment") == deployed
     force = op.get("force_replace") or ctx.force_replace
     current, wanted = layers_of(ctx, ct.template), layers_of(ctx, target)

@@ -46,7 +46,7 @@ def command_strings() -> dict[str, str]:
             tree = ast.parse(path.read_text(), filename=str(path))
             for node in ast.walk(tree):
                 for text in _command_position(node):
-                    found.setdefault(text, f"{path.relative_to(REPO)}:{node.lineno}")
+                    found.setdefault(text, f"{path.relative_to(REPO)}:{getattr(node, 'lineno', 0)}")
     return found
 
 
