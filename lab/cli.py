@@ -13,7 +13,6 @@ lxcpath, the bridge when ``up`` created it, and the state directory's contents.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -92,10 +91,7 @@ def up(args: argparse.Namespace) -> int:
     state.chmod(0o755)  # container root (uid 100000) must traverse to its rootfs
     ensure_certificates(state)
     _ensure_token(state)
-    owned = _owned(state)
-    if lxc.ensure_bridge():
-        owned["bridge"] = lxc.BRIDGE
-        (state / "owned.json").write_text(json.dumps(owned))
+    Node(state).ensure_bridge()
     daemon = _start_daemon(state, args.node, args.port)
     for _ in range(READY_TRIES):
         if _answers(state, args.port):
@@ -219,7 +215,7 @@ def down(args: argparse.Namespace) -> int:
     # Linked clones' overlays first: removing the storage through a mounted overlay would not free it.
     for storage_dir in sorted((state / "storage").glob("*")) if (state / "storage").is_dir() else []:
         thin.deactivate_all(storage_dir)
-    if _owned(state).get("bridge") and not lxc.remove_bridge(_owned(state)["bridge"]):
+    if node.owned().get("bridge") and not lxc.remove_bridge(node.owned()["bridge"]):
         print(f"kept bridge {lxc.BRIDGE}: other containers are still attached to it")
     for entry in STATE_ENTRIES:
         path = state / entry
@@ -260,11 +256,6 @@ def _is_lab_server(pid: int) -> bool:
     except OSError:
         return False
     return b"lab" in cmdline and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-
-
-def _owned(state: Path) -> dict:
-    path = state / "owned.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 # -- status, token -------------------------------------------------------------------

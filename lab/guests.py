@@ -238,6 +238,7 @@ class Guests:
                 lxc_sets_address=False,  # as on Proxmox: the CT's ifupdown, from net0
             )
             log.settle()  # a real node's prestart hook has run by now (lab/data/costs.yml)
+            self.node.ensure_bridge()
             ct.start()
 
     def _mounted_volumes(self, conf: dict[str, str]) -> list[str]:

@@ -15,11 +15,13 @@ Layout of the state directory (default /var/lib/meridian-lab)::
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
 from pathlib import Path
 
+from lab import lxc
 from lab.access import Access
 from lab.storage import Storages
 from lab.tasks import Tasks, floors
@@ -37,6 +39,19 @@ class Node:
         self.storages = Storages(state / "storage")
         self.access = Access(state / "access.json")
         self.tasks = Tasks(state / "tasks", name, floors(state / "costs.yml"))
+
+    def owned(self) -> dict:
+        """What this lab created on the host and removes at `lab down` (owned.json)."""
+        path = self.state / "owned.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def ensure_bridge(self) -> None:
+        """The lab bridge exists; when this call had to create it, this lab owns it. Several labs
+        (the shared one, tests' private ones, boot tests) share the bridge, and the one that made
+        it may take it down while another lab's containers are stopped: so every start asks."""
+        if lxc.ensure_bridge():
+            owned = self.owned() | {"bridge": lxc.BRIDGE}
+            (self.state / "owned.json").write_text(json.dumps(owned))
 
     @staticmethod
     def uptime_of(pid: int) -> int:

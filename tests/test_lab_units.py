@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from lab import lxc
 from lab.access import Access
 from lab.apischema import ApiSchema
 from lab.errors import ApiError
+from lab.node import Node
 from lab.pveconf import format_props, parse_props, read_conf, write_conf
 from lab.tasks import Upid
 
@@ -107,3 +109,16 @@ def test_upid_format_round_trips():
     assert str(upid) == "UPID:pve01:00001234:00ABCDEF:6B081D2D:vzstart:457:pipeline@pve!lab:"
     assert Upid.parse(str(upid)) == upid
     assert Upid.parse("UPID:pve01:zz") is None
+
+
+def test_the_lab_that_has_to_recreate_the_bridge_owns_it(tmp_path, monkeypatch):
+    """Another lab's `down` may have removed the shared bridge while this lab's containers were
+    stopped: the next start makes it again, and this lab's `down` removes it."""
+    node = Node(tmp_path)
+    monkeypatch.setattr(lxc, "ensure_bridge", lambda: False)  # there: someone else's
+    node.ensure_bridge()
+    assert node.owned() == {}
+    (tmp_path / "owned.json").write_text('{"other": "kept"}')
+    monkeypatch.setattr(lxc, "ensure_bridge", lambda: True)  # gone: made again here
+    node.ensure_bridge()
+    assert node.owned() == {"other": "kept", "bridge": lxc.BRIDGE}
