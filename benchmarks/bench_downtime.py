@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +53,7 @@ POLL_SECONDS = 0.05
 PROBE_TIMEOUT = 1.0
 SETTLE_SECONDS = 2.0
 SCENARIO_TIMEOUT = 1800
+UP_AGAIN_TIMEOUT = 300
 
 
 @dataclass
@@ -101,6 +102,15 @@ def either(a: list[tuple[float, bool]], b: list[tuple[float, bool]]) -> list[tup
     return merged
 
 
+def wait_until_up(pollers: Iterable[Poller], timeout: float = UP_AGAIN_TIMEOUT) -> None:
+    """Until every poller's latest probe succeeded (bounded)."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / POLL_SECONDS) + 1):
+        if all(p.samples and p.samples[-1][1] for p in pollers) or time.monotonic() >= deadline:
+            return
+        time.sleep(POLL_SECONDS)
+
+
 @contextmanager
 def polling(address: str, key: str) -> Iterator[dict[str, Poller]]:
     pollers = {
@@ -122,10 +132,13 @@ def polling(address: str, key: str) -> Iterator[dict[str, Poller]]:
 
 
 def measure(address: str, key: str, action: Callable[[], object]) -> dict[str, float]:
+    """Poll while ``action`` runs and until both ports answer again: an in-place
+    ``systemctl restart`` returns long before the service is back, and its outage counts whole."""
     with polling(address, key) as pollers:
         started = time.monotonic()
         action()
         took = time.monotonic() - started
+        wait_until_up(pollers.values())
     a, b = pollers["3456"].samples, pollers["4000"].samples
     return {"3456": longest_outage(a), "4000": longest_outage(b), "either": longest_outage(either(a, b)),
             "command_seconds": round(took, 1)}

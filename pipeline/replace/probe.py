@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pipeline.errors import PipelineError
 
 CONNECT_SECONDS = 1.0
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.1  # the report's up time is at most this late
 
 
 def serving(address: str, ports: Sequence[int]) -> bool:
