@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up this machine and run the pipeline against the local lab, or the tests.
 #   ./dev.sh demo   build the lab site, start the lab, deploy CT 457, run the acceptance suite
-#   ./dev.sh test   lint and run every test (what CI runs)
+#   ./dev.sh test   lint, type-check and run every test (what CI runs)
 #   ./dev.sh setup  only install what the two above need (Debian 12, as root)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -55,6 +55,7 @@ case "${1:-}" in
     test)
         setup
         "$VENV/bin/ruff" check .
+        "$VENV/bin/mypy"
         "$VENV/bin/pytest" "${@:2}"
         ;;
     *) sed -n '2,6p' "$0"; exit 2 ;;

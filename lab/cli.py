@@ -146,11 +146,15 @@ def _start_daemon(state: Path, node_name: str, port: int) -> int:
         node = Node(state, node_name)
         _reclaim_addresses(node)
         tls = tls_context(state / "server.pem", state / "server.key")
-        serve(node, HOST, port, tls, ready=lambda: (state / "server.pid").write_text(str(os.getpid())))
+        serve(node, HOST, port, tls, ready=lambda: _write_pid(state))
     except BaseException:
         traceback.print_exc()
     finally:
         os._exit(1)
+
+
+def _write_pid(state: Path) -> None:
+    (state / "server.pid").write_text(str(os.getpid()))
 
 
 def _reclaim_addresses(node: Node) -> None:

@@ -33,6 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lab.errors import CommandError, LabError
 from lab.process import run_command
@@ -201,7 +202,7 @@ class Container:
     def log_path(self) -> Path:
         return self.dir / "lxc.log"
 
-    def _lxc(self, tool: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    def _lxc(self, tool: str, *args: str, **kwargs: Any) -> subprocess.CompletedProcess:
         return run_command([tool, "-n", self.name, "-P", str(self.lxcpath), *args], **kwargs)
 
     def write_config(

@@ -63,6 +63,7 @@ class LabServer(ThreadingHTTPServer):
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: LabServer
+    _reason: str | None = None  # the error text of the answer being made (its reason phrase)
 
     def log_message(self, format: str, *args: Any) -> None:
         # Never the Authorization header; the request line has no secrets.
@@ -95,7 +96,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self, status: int, body: dict[str, Any] | None) -> None:
         payload = b"" if body is None else json.dumps(body).encode()
-        reason = getattr(self, "_reason", None)
+        reason = self._reason
         self.send_response(status, _reason_phrase(reason) if reason else None)
         if payload:
             self.send_header("Content-Type", "application/json;charset=UTF-8")
@@ -133,7 +134,7 @@ class Handler(BaseHTTPRequestHandler):
         endpoint.validate({**raw, "content": "vztmpl", "filename": "x.tar"})
         check_permissions(self.server.node, endpoint, {**raw}, user)
         ctx = Context(self.server.node, self.server.guests, user)
-        return receive_upload(ctx, endpoint, raw, self.headers, self.rfile)
+        return receive_upload(ctx, endpoint, raw, self.headers, self.rfile)  # type: ignore[arg-type]  # a BufferedReader
 
     def _length(self) -> int:
         return int(self.headers.get("Content-Length") or 0)

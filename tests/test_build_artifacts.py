@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tarfile
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,7 @@ def test_no_secret_in_any_artifact(lab_build, members, tmp_path):
     files = [plain, *lab_build.out_dir.rglob("*")]
     for path in (f for f in files if f.is_file()):
         with open(path, "rb") as fh:
-            for chunk in iter(lambda fh=fh: fh.read(1 << 24), b""):
+            for chunk in iter(partial(fh.read, 1 << 24), b""):
                 assert secret not in chunk, path
 
 

@@ -117,7 +117,7 @@ def test_missing_lockfile_is_a_clear_error_with_the_way_to_create_it(workspace):
         keys(workspace)
     assert "image.meridian.lockfile:" in caught.value.message
     assert "is not locked" in caught.value.message
-    assert "--update-lock" in caught.value.hint
+    assert caught.value.hint is not None and "--update-lock" in caught.value.hint
 
 
 def test_missing_local_source_names_the_key_and_where_it_looked(workspace):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -31,7 +33,7 @@ def px(lab_server) -> ProxmoxAPI:
 
 
 @pytest.fixture(scope="module")
-def template(lab_server, lab_template, px, admin) -> str:
+def template(lab_server, lab_template, px, admin) -> Iterator[str]:
     """The small template, uploaded once for this module as local:vztmpl/TEMPLATE (module scope:
     the demo tests at the end of a run replace the lab and its tokens)."""
     ok(px, upload(px, lab_template, TEMPLATE, sha256(lab_template)))
@@ -252,7 +254,7 @@ def test_start_without_nesting_warns(px, template, cts):
 
 def test_two_clients_at_once(lab_server, template, cts):
     cts.extend([9181, 9182])
-    results: dict[int, object] = {}
+    results: dict[int, Any] = {}
 
     def worker(vmid: int) -> None:
         client = lab_server.client()

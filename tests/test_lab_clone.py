@@ -134,7 +134,7 @@ def stop_and_delete(px: ProxmoxAPI, *vmids: int) -> None:
         wait_task(px, node.lxc(vmid).delete(purge=1))
 
 
-def prepared_template(px: ProxmoxAPI, state: Path, vmid: int, ip: str, big: bool = False) -> str:
+def prepared_template(px: ProxmoxAPI, state: Path, vmid: int, ip: str | None, big: bool = False) -> str:
     """A CT with a marker, a used machine-id (and a 300 MiB file) in its rootfs, made a template."""
     create(px, vmid, ip)
     rootfs = volume_dir(state, volid(px, vmid))
