@@ -14,8 +14,7 @@ Example::
 from __future__ import annotations
 
 import io
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from requests.adapters import HTTPAdapter
 
 from pipeline.config import Proxmox
 from pipeline.errors import PipelineError
+from pipeline.polling import T, wait_until
 
 REQUEST_TIMEOUT = (10, 60)  # (connect, read) seconds for ordinary calls
 UPLOAD_TIMEOUT = (10, 3600)  # a template is hundreds of MiB: proxmoxer's 5 s default is far too short
@@ -36,15 +36,10 @@ POLL_MAX_SECONDS = 1.0
 LOG_TAIL = 15
 
 
-def poll_pauses(timeout: float) -> Iterator[float]:
-    """Pauses between polls of a task: fast at first, then backing off; a bounded number of them
-    (the caller also stops at its deadline)."""
-    pause, waited = POLL_FIRST_SECONDS, 0.0
-    for _ in range(int(timeout / POLL_FIRST_SECONDS) + 1):
-        yield pause
-        waited += pause
-        if waited >= POLL_FAST_FOR_SECONDS:
-            pause = min(POLL_MAX_SECONDS, pause * 1.5)
+def poll(check: Callable[[], T], timeout: float) -> T | None:
+    """Poll a task's progress on the schedule above (pipeline/polling.py)."""
+    return wait_until(check, timeout=timeout, pause=POLL_FIRST_SECONDS, slower_after=POLL_FAST_FOR_SECONDS,
+                      max_pause=POLL_MAX_SECONDS)
 
 
 class ProxmoxError(PipelineError):
@@ -229,13 +224,8 @@ class Client:
         """POST .../template. Proxmox answers null and converts in a background task: poll the
         config until it says ``template: 1`` (bounded by the task timeout)."""
         self.call(f"convert CT {vmid} to a template", lambda a: a.nodes(self.node).lxc(vmid).template.post())
-        deadline = time.monotonic() + self.cfg.task_timeout
-        for pause in poll_pauses(self.cfg.task_timeout):
-            if str(self.ct_config(vmid).get("template", "0")) == "1":
-                return
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(pause)
+        if poll(lambda: str(self.ct_config(vmid).get("template", "0")) == "1", self.cfg.task_timeout):
+            return
         raise ProxmoxError(f"CT {vmid} is not a template {self.cfg.task_timeout}s after the conversion "
                            "was asked for", hint=f"see the vztemplate task of CT {vmid} in the task log")
 
@@ -268,24 +258,21 @@ class Client:
         """Wait for a task; return its exit status, or raise TaskError (failed or timed out)."""
         timeout = timeout or self.cfg.task_timeout
         node = upid_node(upid)
-        deadline = time.monotonic() + timeout
-        for pause in poll_pauses(timeout):
+
+        def stopped() -> dict[str, Any] | None:
             status = self.call(f"{what}: read task status", lambda a: a.nodes(node).tasks(upid).status.get())
-            if status.get("status") == "stopped":
-                exitstatus = status.get("exitstatus")
-                if task_succeeded(exitstatus):
-                    return exitstatus
-                raise TaskError(
-                    f"{what} failed: {exitstatus}", upid=upid, exitstatus=exitstatus,
-                    log=self.task_log(upid),
-                )
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(pause)
-        raise TaskError(
-            f"{what}: task still running after {timeout:.0f}s ({upid})", upid=upid, exitstatus=None,
-            log=self.task_log(upid),
-        )
+            return status if status.get("status") == "stopped" else None
+
+        status = poll(stopped, timeout)
+        if status is None:
+            raise TaskError(
+                f"{what}: task still running after {timeout:.0f}s ({upid})", upid=upid, exitstatus=None,
+                log=self.task_log(upid),
+            )
+        exitstatus = status.get("exitstatus")
+        if task_succeeded(exitstatus):
+            return str(exitstatus)
+        raise TaskError(f"{what} failed: {exitstatus}", upid=upid, exitstatus=exitstatus, log=self.task_log(upid))
 
     def task_log(self, upid: str) -> list[str]:
         """The last lines of a task's log (best effort: an unreadable log is not a second error)."""

@@ -3,7 +3,7 @@
 Example::
 
     run(["mksquashfs", src, dst, "-noappend"], timeout=600)
-    out = run(["systemd-sysext", "status", "--json=short"], capture=True).stdout
+    out = run(["systemd-sysext", "status", "--json=short"]).stdout
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ def run(
     cwd: str | os.PathLike[str] | None = None,
     timeout: float = 600,
     check: Sequence[int] = (0,),
-    capture: bool = False,
     input: str | bytes | None = None,
     stdin: IO[bytes] | None = None,
     secrets: Iterable[str] = (),
@@ -67,8 +66,8 @@ def run(
 ) -> subprocess.CompletedProcess:
     """Run argv; raise ToolError (quoted command, exit code, tail of output) unless allowed.
 
-    With ``log`` the combined output goes to that file (for long build steps), else it
-    is captured when ``capture`` is set or on failure-relevant commands. ``stdin`` streams
+    With ``log`` the combined output goes to that file (for long build steps), else it is
+    captured (``.stdout``, ``.stderr``; the tail goes into the error). ``stdin`` streams
     an open file to the tool (large archives) instead of ``input`` held in memory.
     ``interactive`` leaves the terminal to the tool (a login over ``ssh -t``): nothing captured.
     """

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build.cache import file_sha256
 from pipeline.build.context import DEFAULT_CACHE
 from pipeline.build.layers import LAYER_NAMES
 from pipeline.build.plan import build
 from pipeline.config import REPO_ROOT, load_site
+from pipeline.digest import file_sha256
 from pipeline.runner import run
 from tests.plugins.build import LAB_SITE
 
@@ -91,8 +91,7 @@ def test_no_secret_in_any_artifact(lab_build, members, tmp_path):
 @pytest.mark.parametrize("name", LAYER_NAMES)
 def test_raw_images_carry_their_release_file(lab_build, name):
     raw = lab_build.out_dir / "sysext" / f"{name}.raw"
-    release = run(["unsquashfs", "-cat", raw, f"usr/lib/extension-release.d/extension-release.{name}"],
-                  capture=True).stdout
+    release = run(["unsquashfs", "-cat", raw, f"usr/lib/extension-release.d/extension-release.{name}"]).stdout
     assert release.splitlines()[:3] == ["ID=debian", "VERSION_ID=12", "ARCHITECTURE=x86-64"]
 
 

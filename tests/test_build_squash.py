@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.build.cache import Cache, file_sha256
+from pipeline.build.cache import Cache
 from pipeline.build.context import BuildContext
 from pipeline.build.layers import squash, write_release
 from pipeline.config import REPO_ROOT, load_site
+from pipeline.digest import file_sha256
 
 
 def make_tree(root: Path, *, mtime: int, owner: int) -> Path:

@@ -149,7 +149,7 @@ def test_hostname_network_and_host_keys_are_as_proxmox_set_them(booted):
 def test_key_is_only_in_the_env_file(booted):
     """The whole rootfs from the host, plus /run and /tmp inside (tmpfs the host cannot see)."""
     ct = booted.ct
-    found = run(["grep", "-rlsF", "-f", "-", ct.rootfs], input=booted.key, check=(0, 1), capture=True)
+    found = run(["grep", "-rlsF", "-f", "-", ct.rootfs], input=booted.key, check=(0, 1))
     assert found.stdout.splitlines() == [str(ct.rootfs / ENV_FILE)]
     inside = ct.attach(["grep", "-rlsF", "-f", "-", "/run", "/tmp", "/var/tmp", "/dev/shm"],
                        input=booted.key, check=(0, 1, 2))
@@ -173,7 +173,7 @@ def test_admin_logs_in_with_the_deploy_key_and_sudo_needs_no_password(booted, tm
             "-o", f"UserKnownHostsFile={known_hosts}", "-o", "ConnectTimeout=10",
             f"{site.admin.user}@{booted.ip}", "sudo -n id -u"]
     for _ in range(3):  # bounded: a reused lab address may need a fresh ARP entry first
-        out = run(argv, capture=True, timeout=60, check=range(256))
+        out = run(argv, timeout=60, check=range(256))
         if out.returncode != 255:
             break
         time.sleep(2)

@@ -75,14 +75,14 @@ def test_iso_is_byte_reproducible(site, tmp_path):
 def test_isoinfo_agrees(site, tmp_path):
     """A second reader (genisoimage's isoinfo) sees the same volume."""
     iso = write_seed(site, tmp_path, instance_id="iid-1")[-1]
-    info = run(["isoinfo", "-d", "-i", iso], capture=True).stdout
+    info = run(["isoinfo", "-d", "-i", iso]).stdout
     assert "Volume id: cidata" in info
     assert "Joliet with UCS level 3 found" in info
     assert "Rock Ridge signatures version 1 found" in info
-    listing = run(["isoinfo", "-R", "-l", "-i", iso], capture=True).stdout
+    listing = run(["isoinfo", "-R", "-l", "-i", iso]).stdout
     for name in SEED_FILES:
         assert f" {name} " in listing
-    user_data = run(["isoinfo", "-R", "-x", "/user-data", "-i", iso], capture=True).stdout
+    user_data = run(["isoinfo", "-R", "-x", "/user-data", "-i", iso]).stdout
     assert user_data == (tmp_path / "user-data").read_text()
 
 

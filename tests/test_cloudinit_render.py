@@ -103,7 +103,7 @@ def test_network_config_converts_to_the_static_ifupdown_stanza(site, tmp_path):
     seed = render_seed(site, master_key=None, instance_id="iid-test")
     (tmp_path / "network-config").write_bytes(seed.files["network-config"])
     run(["cloud-init", "devel", "net-convert", "-p", tmp_path / "network-config", "-k", "yaml",
-         "-d", tmp_path / "out", "-D", "debian", "-O", "eni"], capture=True)
+         "-d", tmp_path / "out", "-D", "debian", "-O", "eni"])
     eni = (tmp_path / "out/etc/network/interfaces.d/50-cloud-init").read_text()
     assert "iface eth0 inet static" in eni
     assert f"address {site.container.network.address}" in eni

@@ -7,11 +7,12 @@ covered by the lab integration tests.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from pipeline import proxmox
+from pipeline import polling, proxmox
 from pipeline.config import TLS
 from pipeline.proxmox import Client, ProxmoxError, TaskError
 from tests.plugins.cannedapi import SECRET, UPID, Api, proxmox_config
@@ -131,7 +132,8 @@ def test_wait_task_times_out(client: tuple[Client, Api], monkeypatch: pytest.Mon
 
 
 def test_task_polls_are_fast_for_the_short_tasks_of_a_window_then_back_off() -> None:
-    pauses = list(proxmox.poll_pauses(60))
+    pauses = list(polling.pauses(60, proxmox.POLL_FIRST_SECONDS, proxmox.POLL_FAST_FOR_SECONDS,
+                                 proxmox.POLL_MAX_SECONDS))
     fast = [p for p in pauses if p == proxmox.POLL_FIRST_SECONDS]
     assert len(fast) == round(proxmox.POLL_FAST_FOR_SECONDS / proxmox.POLL_FIRST_SECONDS)
     assert pauses[:len(fast)] == fast  # a 1.5 s clone is seen done within 0.1 s
@@ -159,3 +161,12 @@ def test_upload_sends_checksum_fields_before_the_file(client: tuple[Client, Api]
     file_part = body.index(b'name="filename"; filename="meridian_1-abc.tar.zst"')
     assert order == sorted(order) and max(order) < file_part
     assert b"template bytes" in body and ("ab" * 32).encode() in body
+
+
+def test_wait_until_returns_the_first_answer_and_is_bounded_in_count_and_time() -> None:
+    answers = iter([None, None, {"status": "stopped"}])
+    assert polling.wait_until(lambda: next(answers), timeout=5, pause=0.01) == {"status": "stopped"}
+    calls: list[float] = []
+    started = time.monotonic()
+    assert polling.wait_until(lambda: calls.append(time.monotonic()), timeout=0.3, pause=0.05) is None
+    assert time.monotonic() - started < 1.0 and 2 <= len(calls) <= int(0.3 / 0.05) + 1

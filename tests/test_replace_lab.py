@@ -69,7 +69,7 @@ def variant(base: Path, out: Path, n: int) -> Path:
     (one more zstd frame), which tar ignores. A new template without a rebuild."""
     path = out / f"{base.name[: -len(SUFFIX)]}-v{n}{SUFFIX}"
     if not path.exists():
-        zeros = run(["zstd", "-q", "-c"], input=b"\0" * 512 * n, capture=True).stdout
+        zeros = run(["zstd", "-q", "-c"], input=b"\0" * 512 * n).stdout
         run(["cp", "--reflink=auto", base, path])
         with path.open("ab") as fh:
             fh.write(zeros)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from pipeline.config import REPO_ROOT, load_site
+from pipeline.digest import file_sha256
 from pipeline.errors import PipelineError
 from pipeline.replace import template
 from pipeline.replace.gate import failed_checks
@@ -73,7 +74,7 @@ def test_template_from_build_dir_is_named_after_its_content(tmp_path: Path) -> N
     (tmp_path / "meridian_1.0_amd64.tar.zst").write_bytes(b"x" * 10)
     (tmp_path / "manifest.json").write_text(json.dumps({"template": "meridian_1.0_amd64.tar.zst"}))
     found = template.resolve(tmp_path)
-    assert found.ref.sha256 == template.sha256_of(tmp_path / "meridian_1.0_amd64.tar.zst")
+    assert found.ref.sha256 == file_sha256(tmp_path / "meridian_1.0_amd64.tar.zst")
     assert found.ref.name == f"meridian_1.0_amd64-{found.ref.sha256[:12]}.tar.zst" and found.size == 10
 
 

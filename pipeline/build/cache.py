@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.digest import file_sha256
+
 # Never part of a package's content: build output and VCS state of a local source folder.
 IGNORED_NAMES = frozenset({"node_modules", ".git", "__pycache__", ".DS_Store"})
 
@@ -41,14 +43,6 @@ class Key:
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tree_sha256(root: Path) -> str:

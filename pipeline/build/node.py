@@ -33,7 +33,7 @@ def install(ctx: BuildContext, tree: Path) -> dict[str, str]:
         path = tree / link.lstrip("/")
         path.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(target, path)
-    got = run([prefix / "bin" / "node", "--version"], capture=True).stdout.strip()
+    got = run([prefix / "bin" / "node", "--version"]).stdout.strip()
     if got != f"v{pin['version']}":
         raise PipelineError(f"sysext/node/lock.json pins {pin['version']}, but the binary says {got}")
     return {"node": pin["version"]}

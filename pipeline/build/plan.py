@@ -17,11 +17,12 @@ from pathlib import Path
 
 from pipeline.build import base as base_layer
 from pipeline.build import litellm, meridian, node, template
-from pipeline.build.cache import Cache, file_sha256
+from pipeline.build.cache import Cache
 from pipeline.build.context import BuildContext, read_toml
 from pipeline.build.layers import Layer
 from pipeline.cloudinit import write_seed
 from pipeline.config import Site
+from pipeline.digest import file_sha256
 from pipeline.errors import PipelineError
 from pipeline.progress import step
 from pipeline.runner import require_tools

@@ -26,7 +26,7 @@ def validate_user_data(text: str, *, template: Path, site: str) -> None:
     with tempfile.NamedTemporaryFile("w", prefix="user-data-", suffix=".yml") as fh:
         fh.write(text)
         fh.flush()
-        proc = run(["cloud-init", "schema", "-c", fh.name], check=(VALID, INVALID), capture=True)
+        proc = run(["cloud-init", "schema", "-c", fh.name], check=(VALID, INVALID))
     if proc.returncode == INVALID:
         message = tail(proc.stderr or proc.stdout).replace(fh.name, "user-data")
         raise PipelineError(

@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 
 from pipeline.errors import PipelineError
+from pipeline.polling import wait_until
 
 CONNECT_SECONDS = 1.0
 POLL_SECONDS = 0.1  # the report's up time is at most this late
@@ -24,13 +25,8 @@ def serving(address: str, ports: Sequence[int]) -> bool:
 
 def wait_serving(address: str, ports: Sequence[int], timeout: float) -> float:
     """Wait until every port accepts; return the wall-clock time it first did."""
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / POLL_SECONDS) + 1):
-        if serving(address, ports):
-            return time.time()
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(POLL_SECONDS)
+    if wait_until(lambda: serving(address, ports), timeout=timeout, pause=POLL_SECONDS):
+        return time.time()
     shown = ", ".join(str(p) for p in ports)
     raise PipelineError(
         f"{address} did not accept connections on ports {shown} within {timeout:.0f}s",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from pipeline.errors import PipelineError, ToolError
+from pipeline.polling import wait_until
 from pipeline.runner import run
 
 CONNECT_TIMEOUT = 5
@@ -36,7 +37,7 @@ def ensure_deploy_key(state_dir: Path, comment: str) -> str:
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", key])
     pub = key.with_name("deploy_key.pub")
     if not pub.exists():
-        pub.write_text(run(["ssh-keygen", "-y", "-f", key], capture=True).stdout)
+        pub.write_text(run(["ssh-keygen", "-y", "-f", key]).stdout)
     return pub.read_text().strip()
 
 
@@ -67,10 +68,10 @@ class SSH:
         """Run ``command`` over SSH; its standard input is ``input``, or the stream ``stdin``."""
         text = command if isinstance(command, str) else shlex.join(command)
         if stdin is not None:
-            return run(self._argv(text), stdin=stdin, timeout=timeout, check=check, capture=True,
+            return run(self._argv(text), stdin=stdin, timeout=timeout, check=check,
                        secrets=secrets)
         return run(self._argv(text), input=input if input is not None else b"", timeout=timeout,
-                   check=check, capture=True, secrets=secrets)
+                   check=check, secrets=secrets)
 
     def wait_ready(self, timeout: float = READY_SECONDS) -> None:
         """Return as soon as sshd lets us in (bounded in time and attempts)."""
@@ -108,12 +109,11 @@ class SSH:
 
 def wait_port(address: str, port: int, deadline: float) -> bool:
     """Poll a TCP port until it accepts or ``deadline`` (time.monotonic) passes."""
-    for _ in range(int(READY_SECONDS / PORT_POLL_SECONDS) + 1):
+    def accepts() -> bool:
         try:
             with socket.create_connection((address, port), timeout=PORT_PROBE_TIMEOUT):
                 return True
         except OSError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(PORT_POLL_SECONDS)
-    return False
+            return False
+    left = min(READY_SECONDS, max(0.0, deadline - time.monotonic()))
+    return bool(wait_until(accepts, timeout=left, pause=PORT_POLL_SECONDS))

@@ -18,6 +18,7 @@ from pipeline.cloudinit import activation_script, render_seed
 from pipeline.cloudinit.deliver import rewrite_script
 from pipeline.config import Site
 from pipeline.errors import PipelineError
+from pipeline.polling import wait_until
 from pipeline.progress import console, step
 from pipeline.proxmox import Client
 from pipeline.replace import reseed, swap
@@ -221,15 +222,11 @@ def _uploaded(ctx: Context, ref: TemplateRef, archives: dict[str, int]) -> bool:
 
 def wait_for_own_tasks(ctx: Context) -> None:
     """After a crash, a task we started may still hold a lock: wait for it (bounded)."""
-    timeout = ctx.site.proxmox.task_timeout
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / LOCK_POLL_SECONDS) + 1):
+    def unlocked() -> bool:
         listed = {int(c["vmid"]) for c in ctx.px.containers()}
         ours = (ctx.vmid, ctx.holder_vmid, *ctx.site.container.template_vmids)
-        locks = [ctx.px.ct_config(v).get("lock") for v in ours if v in listed]
-        if not any(locks) or time.monotonic() >= deadline:
-            return
-        time.sleep(LOCK_POLL_SECONDS)
+        return not any(ctx.px.ct_config(v).get("lock") for v in ours if v in listed)
+    wait_until(unlocked, timeout=ctx.site.proxmox.task_timeout, pause=LOCK_POLL_SECONDS)
 
 
 # -- the loop --------------------------------------------------------------------------------

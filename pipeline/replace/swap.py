@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.build.cache import file_sha256
+from pipeline.digest import file_sha256
 from pipeline.errors import PipelineError
 from pipeline.replace.ssh import SSH
 from pipeline.runner import run

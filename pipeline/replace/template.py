@@ -7,11 +7,11 @@ always finds the previous template.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.digest import file_sha256
 from pipeline.errors import PipelineError
 
 SUFFIX = ".tar.zst"
@@ -39,18 +39,10 @@ def storage_name(path: Path, sha256: str) -> str:
     return f"{stem}-{sha256[:12]}{SUFFIX}"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def resolve(given: Path) -> LocalTemplate:
     """Find the template file named by ``--template`` and hash it."""
     path = _template_file(given)
-    sha = sha256_of(path)
+    sha = file_sha256(path)
     recorded = _recorded_sha256(given, path) if given.is_dir() else None
     if recorded and recorded != sha:
         raise PipelineError(
