@@ -5,7 +5,8 @@ Its own container (CT 473, holder 9473, CT templates 9486-9488, 10.157.0.73) and
 template A is the lab build, B the same with the Meridian stand-in at a new version (only the
 meridian layer differs). In order: first deploy of A; the plan for B is a swap; the swap
 keeps the container, restarts only Meridian and leaves LiteLLM running; the swapped
-container equals one freshly cloned from B; a failing gate swaps back; a rotated master key
+container equals one freshly cloned from B; a failing gate swaps back, but after a full replace
+it goes back by clone; a rotated master key
 and a changed model list are re-seeded in place; a failing gate restores the previous
 configuration; SIGKILL after each new step, then a rerun converges with the credentials
 file intact. Traffic goes only to the lab API on loopback and the lab container on mrdlab0.
@@ -222,6 +223,23 @@ def test_failing_gate_swaps_back(lab: Lab) -> None:
     steps = [s["name"] for s in result.report["steps"]]
     assert sum(s.startswith("swap them in place") for s in steps) == 2
     assert not any(s.startswith("shut down") for s in steps)
+
+
+def test_failing_gate_after_a_full_replace_goes_back_by_clone(lab: Lab) -> None:
+    """--full to a template that differs only in layers: the new CT never held the previous
+    template's layers, so the way back is a clone of that template's CT template, not a swap
+    (which would need a build of it)."""
+    lab.fail_for(ref(lab, "A").sha256)
+    try:
+        result = lab.replace_ct("--template", str(lab.builds["A"]), "--yes", "--full")
+    finally:
+        lab.fail_for(None)
+    assert result.code == 1 and "rolled back" in result.output, result.output
+    assert lab.ct().template == ref(lab, "B")
+    assert lab.manifest() == image_manifest(lab, "B")
+    steps = [s["name"] for s in result.report["steps"]]
+    assert sum(s.startswith(f"clone CT {VMID}") for s in steps) == 2, steps
+    assert not any(s.startswith(("copy the changed", "swap them")) for s in steps), steps
 
 
 def test_rotated_key_and_new_models_are_reseeded_in_place(lab: Lab) -> None:

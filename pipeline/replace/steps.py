@@ -116,8 +116,13 @@ def read_world(ctx: Context, target: TemplateRef) -> st.World:
     known = bool(deployed) and ctx.journal.get("deployment") == deployed
     force = op.get("force_replace") or ctx.force_replace
     current, wanted = layers_of(ctx, ct.template), layers_of(ctx, target)
+    # The target's layers can be had: from its build dir, or from this container's own store when
+    # it ran the target before this operation swapped it (a swap back). A container made by this
+    # operation's replace never held them: going back means a clone of the previous CT template.
+    layers_at_hand = bool(ctx.local and ctx.local.ref == target and ctx.local.build_dir) or (
+        bool(deployed) and op.get("swapped") == deployed)
     swappable = bool(ct.running and seeded and known and ct.template and ct.template != target
-                     and not (force and ct.deployment == force)
+                     and not (force and ct.deployment == force) and layers_at_hand
                      and current and wanted and current.system == wanted.system)
     archives = _archives(ctx)
     world = st.World(
@@ -520,6 +525,10 @@ def switch(ctx: Context, world: st.World, target: TemplateRef) -> None:
     assert current and wanted and world.ct.deployment
     if not ctx.journal.get("down_since"):
         ctx.journal.set("down_since", time.time())
+    op = ctx.journal.op
+    assert op is not None
+    op["swapped"] = world.ct.deployment  # its store keeps the layers it ran: a swap back needs no build
+    ctx.journal.save()
     swap.switch(_ssh(ctx, world.ct.deployment), current, wanted)
     ctx.px.update_config(ctx.vmid, {"description": st.description(target, world.ct.deployment,
                                                                    base=world.ct.base)})
