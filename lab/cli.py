@@ -219,7 +219,8 @@ def down(args: argparse.Namespace) -> int:
     # Linked clones' overlays first: removing the storage through a mounted overlay would not free it.
     for storage_dir in sorted((state / "storage").glob("*")) if (state / "storage").is_dir() else []:
         thin.deactivate_all(storage_dir)
-    if node.owned().get("bridge") and not lxc.remove_bridge(node.owned()["bridge"]):
+    bridge = node.owned().get("bridge")
+    if bridge and not lxc.remove_bridge(bridge):
         print(f"kept bridge {lxc.BRIDGE}: other containers are still attached to it")
     for entry in STATE_ENTRIES:
         path = state / entry

@@ -35,6 +35,7 @@ from pipeline.replace.template import resolve
 from pipeline.runner import run
 from tests.plugins.acceptance import LAB_SITE, bumped_site, bumped_version
 from tests.plugins.build import LabBuild
+from tests.plugins.gatesuite import GateSuite
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -42,22 +43,6 @@ VMID, HOLDER, ADDRESS = 473, 9473, "10.157.0.73"
 TEMPLATE_CTS = [9486, 9487, 9488]
 KEEP = "/var/lib/meridian/.claude/inplace-keep"
 RUN_TIMEOUT = 1800
-# A quick gate: fails for a template or a model the test marks broken, passes otherwise.
-GATE = """\
-import json, os, httpx, pytest
-from pipeline.config import load_site
-from pipeline.proxmox import Client
-
-@pytest.mark.image
-def test_not_broken(pytestconfig):
-    site = load_site(pytestconfig.getoption("--site"))
-    config = Client.from_site(site.proxmox).ct_config(site.container.vmid)
-    assert {broken!r} not in config["description"]
-    key = os.environ["MERIDIAN_LAB_MASTER_KEY"]
-    models = httpx.get(f"http://{{site.container.network.ip}}:4000/v1/models", timeout=10,
-                       headers={{"Authorization": "Bearer " + key}}).json()
-    assert {broken!r} not in json.dumps(models)
-"""
 
 
 @dataclass
@@ -72,12 +57,8 @@ class Lab:
         self.tmp, self.builds = tmp, builds
         self.key = "sk-" + secrets.token_urlsafe(32)
         self.models = ["claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-7"]
-        self.suite = tmp / "gate-suite"
-        self.suite.mkdir(exist_ok=True)
-        (self.suite / "conftest.py").write_text(
-            "def pytest_addoption(parser):\n    parser.addoption('--site')\n\n"
-            "def pytest_configure(config):\n    config.addinivalue_line('markers', 'image: pre-login')\n")
-        self.fail_for(None)
+        # A quick gate: fails for a template or a model the test marks broken, passes otherwise.
+        self.gate = GateSuite.at(tmp / "gate-suite", check_models=True)
 
     @property
     def site_file(self) -> Path:
@@ -96,12 +77,12 @@ class Lab:
         return Client.from_site(load_site(self.site_file).proxmox)
 
     def fail_for(self, marker: str | None) -> None:
-        (self.suite / "test_gate.py").write_text(GATE.format(broken=marker or "nothing is broken"))
+        self.gate.fail_for(marker)
 
     def replace_ct(self, *args: str, env: dict[str, str] | None = None) -> Result:
         log, report = self.tmp / f"run-{secrets.token_hex(4)}.log", self.tmp / f"report-{secrets.token_hex(4)}.json"
         proc = run([sys.executable, "-m", "pipeline", "replace-ct", "--site", str(self.site_file),
-                    "--json", str(report), "--acceptance", str(self.suite), *args],
+                    "--json", str(report), "--acceptance", str(self.gate.path), *args],
                    env={"MERIDIAN_LAB_MASTER_KEY": self.key, **(env or {})}, cwd=REPO_ROOT,
                    timeout=RUN_TIMEOUT, check=range(-64, 256), log=log)
         output = log.read_text(errors="replace")
@@ -211,16 +192,21 @@ def test_swapped_container_equals_one_cloned_from_the_new_template(lab: Lab) -> 
     assert lab.manifest() == image_manifest(lab, "B")
 
 
-def test_failing_gate_swaps_back(lab: Lab) -> None:
+def rolled_back_from_a(lab: Lab, *extra: str) -> list[str]:
+    """Replace B by A with a gate that fails for A: back on B, with B's manifest. The steps taken."""
     lab.fail_for(ref(lab, "A").sha256)
     try:
-        result = lab.replace_ct("--template", str(lab.builds["A"]), "--yes")
+        result = lab.replace_ct("--template", str(lab.builds["A"]), "--yes", *extra)
     finally:
         lab.fail_for(None)
     assert result.code == 1 and "rolled back" in result.output, result.output
     assert lab.ct().template == ref(lab, "B")
     assert lab.manifest() == image_manifest(lab, "B")
-    steps = [s["name"] for s in result.report["steps"]]
+    return [s["name"] for s in result.report["steps"]]
+
+
+def test_failing_gate_swaps_back(lab: Lab) -> None:
+    steps = rolled_back_from_a(lab)
     assert sum(s.startswith("swap them in place") for s in steps) == 2
     assert not any(s.startswith("shut down") for s in steps)
 
@@ -229,15 +215,7 @@ def test_failing_gate_after_a_full_replace_goes_back_by_clone(lab: Lab) -> None:
     """--full to a template that differs only in layers: the new CT never held the previous
     template's layers, so the way back is a clone of that template's CT template, not a swap
     (which would need a build of it)."""
-    lab.fail_for(ref(lab, "A").sha256)
-    try:
-        result = lab.replace_ct("--template", str(lab.builds["A"]), "--yes", "--full")
-    finally:
-        lab.fail_for(None)
-    assert result.code == 1 and "rolled back" in result.output, result.output
-    assert lab.ct().template == ref(lab, "B")
-    assert lab.manifest() == image_manifest(lab, "B")
-    steps = [s["name"] for s in result.report["steps"]]
+    steps = rolled_back_from_a(lab, "--full")
     assert sum(s.startswith(f"clone CT {VMID}") for s in steps) == 2, steps
     assert not any(s.startswith(("copy the changed", "swap them")) for s in steps), steps
 

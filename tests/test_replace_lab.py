@@ -30,6 +30,7 @@ from pipeline.replace.steps import CRASH_ENV
 from pipeline.replace.template import SUFFIX, resolve
 from pipeline.runner import run
 from tests.plugins.build import LabBuild
+from tests.plugins.gatesuite import GateSuite
 from tests.plugins.lab import Lab as LabServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -158,40 +159,10 @@ def templates(lab_build: LabBuild, lab: Lab) -> dict[str, Path]:
     return {"A": base, "B": variant(base, lab.tmp, 1)}
 
 
-GATE_TEST = """\
-import pytest
-from pipeline.config import load_site
-from pipeline.proxmox import Client
-
-@pytest.mark.image
-def test_not_the_broken_template(pytestconfig):
-    site = load_site(pytestconfig.getoption("--site"))
-    config = Client.from_site(site.proxmox).ct_config(site.container.vmid)
-    assert {broken!r} not in config["description"]
-"""
-
-
-@dataclass(frozen=True)
-class Suite:
-    """A quick gate for the lifecycle tests: fails only for the template marked broken.
-    (The real acceptance suite gates test_first_deploy.)"""
-
-    path: Path
-
-    def fail_for(self, sha256: str | None) -> None:
-        (self.path / "test_gate.py").write_text(GATE_TEST.format(broken=sha256 or "no template is broken"))
-
-
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> Suite:
-    path = tmp_path_factory.mktemp("gate-suite")
-    (path / "conftest.py").write_text(
-        "def pytest_addoption(parser):\n    parser.addoption('--site')\n\n"
-        "def pytest_configure(config):\n    config.addinivalue_line('markers', 'image: pre-login')\n"
-    )
-    gate = Suite(path)
-    gate.fail_for(None)
-    return gate
+def suite(tmp_path_factory: pytest.TempPathFactory) -> GateSuite:
+    """A quick gate for the lifecycle tests (the real acceptance suite gates test_first_deploy)."""
+    return GateSuite.at(tmp_path_factory.mktemp("gate-suite"))
 
 
 def deployed(lab: Lab, path: Path) -> None:
@@ -229,7 +200,7 @@ def test_plan_exit_codes(lab: Lab, templates: dict[str, Path]) -> None:
     deployed(lab, templates["A"])
 
 
-def test_replace_keeps_the_credentials(lab: Lab, templates: dict[str, Path], suite: Suite) -> None:
+def test_replace_keeps_the_credentials(lab: Lab, templates: dict[str, Path], suite: GateSuite) -> None:
     content = lab.write_keep()
     result = replace_ct(lab.site_file, lab.tmp, "--template", str(templates["B"]), "--yes",
                         "--acceptance", str(suite.path))
@@ -250,7 +221,7 @@ def test_no_terminal_and_no_yes_refuses(lab: Lab, templates: dict[str, Path]) ->
     deployed(lab, templates["B"])
 
 
-def test_failing_gate_rolls_back(lab: Lab, templates: dict[str, Path], suite: Suite) -> None:
+def test_failing_gate_rolls_back(lab: Lab, templates: dict[str, Path], suite: GateSuite) -> None:
     broken = variant(templates["A"], lab.tmp, 2)
     suite.fail_for(resolve(broken).ref.sha256)
     content = lab.write_keep()
@@ -281,7 +252,7 @@ CRASH_STEPS = ["upload", "base", "templatize", "stop", "park", "delete", "clone"
 
 
 @pytest.mark.parametrize("step", CRASH_STEPS)
-def test_killed_after_a_step_then_rerun_converges(lab: Lab, templates: dict[str, Path], suite: Suite,
+def test_killed_after_a_step_then_rerun_converges(lab: Lab, templates: dict[str, Path], suite: GateSuite,
                                                  step: str) -> None:
     current = lab.ct(lab.site.container.vmid).template
     # Alternate between two uploaded templates; "upload" needs one not yet on the storage.
@@ -303,7 +274,7 @@ def test_killed_after_a_step_then_rerun_converges(lab: Lab, templates: dict[str,
 
 
 def test_older_uploads_and_template_cts_are_pruned_never_anothers(lab: Lab, templates: dict[str, Path],
-                                                                   suite: Suite) -> None:
+                                                                   suite: GateSuite) -> None:
     """--keep 1: the archive this state dir uploaded for an older deployment and its CT template go,
     named in the plan; an archive someone else uploaded under the same kind of name stays."""
     foreign = resolve(variant(templates["A"], lab.tmp, 10)).ref
