@@ -13,6 +13,7 @@ import pytest
 from pipeline.config import REPO_ROOT, load_site
 from pipeline.digest import file_sha256
 from pipeline.errors import PipelineError
+from pipeline.proxmox import ProxmoxError
 from pipeline.replace import template
 from pipeline.replace.gate import failed_checks
 from pipeline.replace.journal import Journal, locked
@@ -146,6 +147,8 @@ class Configs:
         self.configs = configs
 
     def ct_config(self, vmid: int) -> dict[str, Any]:
+        if vmid not in self.configs:  # listed, but its config cannot be read (403 while it is created)
+            raise ProxmoxError(f"read config of CT {vmid}: Proxmox answered 403")
         return self.configs[vmid]
 
 
@@ -185,3 +188,9 @@ def test_an_archive_whose_ct_template_stays_or_whose_delete_failed_is_kept(tmp_p
     assert stale(ctx, listed, bases=(base_of_a,), cloned_from=9458) == [B.name]  # 457 stands on it
     ctx.undeletable.add(template_volid(ctx.site, B))
     assert stale(ctx, listed) == [A.name]
+
+
+def test_nothing_is_pruned_while_a_listed_container_cannot_be_read(tmp_path: Path) -> None:
+    ctx, listed = pruning(tmp_path, keep=1)
+    listed[461] = {"vmid": 461, "tags": MARKER_TAG}  # another site's CT, its config not readable yet
+    assert stale(ctx, listed) == []

@@ -20,7 +20,7 @@ from pipeline.config import Site
 from pipeline.errors import PipelineError
 from pipeline.polling import wait_until
 from pipeline.progress import console, step
-from pipeline.proxmox import Client
+from pipeline.proxmox import Client, ProxmoxError
 from pipeline.replace import reseed, swap
 from pipeline.replace import state as st
 from pipeline.replace.gate import run_gate
@@ -150,7 +150,7 @@ def kept_templates(ctx: Context, target: TemplateRef) -> set[TemplateRef]:
     operation's target and previous (a rollback's way back)."""
     op = ctx.journal.op or {}
     earlier = [r for r in (TemplateRef(**d) for d in ctx.journal.get("deployed") or []) if r != target]
-    recent = earlier[max(0, len(earlier) - (ctx.keep - 1)):] if ctx.keep > 1 else []
+    recent = earlier[max(0, len(earlier) - (ctx.keep - 1)):]
     return {TemplateRef(**op[k]) for k in ("target", "previous") if op.get(k)} | {target, *recent}
 
 
@@ -168,13 +168,15 @@ def stale_uploads(ctx: Context, world: st.World, archives: dict[str, int],
     deploy the same archive) names it in its description."""
     gone = set(world.prunable())
     needed = set(world.keep) | {b.template for b in world.bases if b.vmid not in gone}
-    uploaded = [TemplateRef(**u) for u in ctx.journal.get("uploads") or []]
-    candidates = [u for u in dict.fromkeys(uploaded) if u not in needed
-                  and template_volid(ctx.site, u) in archives and template_volid(ctx.site, u) not in ctx.undeletable]
+    uploaded = {TemplateRef(**u): template_volid(ctx.site, TemplateRef(**u)) for u in ctx.journal.get("uploads") or []}
+    candidates = {u: v for u, v in uploaded.items() if u not in needed and v in archives and v not in ctx.undeletable}
     if candidates:
         ours = (v for v, c in listed.items() if st.MARKER_TAG in str(c.get("tags", "")) and v not in gone)
-        needed |= {read_ct(ctx, v, listed).template for v in ours}
-    return tuple(template_volid(ctx.site, u) for u in candidates if u not in needed)
+        try:
+            needed |= {read_ct(ctx, v, listed).template for v in ours}
+        except ProxmoxError:  # e.g. another site's CT still being created: its needs are unknown
+            return ()
+    return tuple(v for u, v in candidates.items() if u not in needed)
 
 
 def _record(ctx: Context, key: str, ref: TemplateRef) -> None:
