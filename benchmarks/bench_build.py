@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.build.plan import build
+from pipeline.builder.orchestrate import build
 from pipeline.config import REPO_ROOT, load_site
 from pipeline.digest import file_sha256
 from pipeline.progress import timeline

@@ -14,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from lab.template import build_small_template
 from pipeline.runner import run
 from tests.plugins.lab import Lab
 from tests.plugins.pveapi import NET, NODE, ok, sha256, ssh_when_up, upload
+from tests.plugins.smalltemplate import build_small_template
 
 STATE = Path("/var/lib/meridian-lab")
 VMID, IP = 9199, "10.157.0.205"

@@ -1,4 +1,4 @@
-"""One function per API endpoint: (Context, validated params) -> the ``data`` to answer.
+"""One function per API endpoint: (RequestContext, validated params) -> the ``data`` to answer.
 
 Permission checks written in the schema (``check``) ran before; the checks Proxmox does
 inside a handler (lists filtered by privilege, create, task ownership) are done here.
@@ -17,7 +17,7 @@ from lab.node import PVE_VERSION, Node
 from lab.pveconf import digest, parse_props
 from lab.tasks import Upid
 
-Handler = Callable[["Context", dict[str, Any]], Any]
+Handler = Callable[["RequestContext", dict[str, Any]], Any]
 HANDLERS: dict[tuple[str, str], Handler] = {}
 CT = "/nodes/{node}/lxc/{vmid}"
 TASK = "/nodes/{node}/tasks/{upid}"
@@ -25,7 +25,7 @@ INT_KEYS = re.compile(r"cores|memory|swap|onboot|unprivileged|protection|tty|con
 
 
 @dataclass
-class Context:
+class RequestContext:
     node: Node
     guests: Guests
     user: str
@@ -41,7 +41,7 @@ def api(method: str, path: str) -> Callable[[Handler], Handler]:
     return register
 
 
-def _node(ctx: Context, params: dict[str, Any]) -> None:
+def _node(ctx: RequestContext, params: dict[str, Any]) -> None:
     name = params.get("node")
     if name is not None and name != ctx.node.name:
         raise ApiError(595, f"no such node '{name}' (the lab has one node, {ctx.node.name})")
@@ -50,23 +50,23 @@ def _node(ctx: Context, params: dict[str, Any]) -> None:
 # -- version, nodes, cluster ---------------------------------------------------------
 
 @api("GET", "/version")
-def version(ctx: Context, params: dict[str, Any]) -> Any:
+def version(ctx: RequestContext, params: dict[str, Any]) -> Any:
     return PVE_VERSION
 
 
 @api("GET", "/nodes")
-def nodes(ctx: Context, params: dict[str, Any]) -> Any:
+def nodes(ctx: RequestContext, params: dict[str, Any]) -> Any:
     return [ctx.node.summary()]
 
 
 @api("GET", "/nodes/{node}/status")
-def node_status(ctx: Context, params: dict[str, Any]) -> Any:
+def node_status(ctx: RequestContext, params: dict[str, Any]) -> Any:
     _node(ctx, params)
     return ctx.node.status()
 
 
 @api("GET", "/cluster/nextid")
-def nextid(ctx: Context, params: dict[str, Any]) -> Any:
+def nextid(ctx: RequestContext, params: dict[str, Any]) -> Any:
     taken = set(ctx.guests.vmids())
     if "vmid" in params:
         if params["vmid"] in taken:
@@ -76,7 +76,7 @@ def nextid(ctx: Context, params: dict[str, Any]) -> Any:
 
 
 @api("GET", "/cluster/resources")
-def resources(ctx: Context, params: dict[str, Any]) -> Any:
+def resources(ctx: RequestContext, params: dict[str, Any]) -> Any:
     kind = params.get("type")
     items = []
     if kind in (None, "vm"):
@@ -98,7 +98,7 @@ def resources(ctx: Context, params: dict[str, Any]) -> Any:
 # -- containers ------------------------------------------------------------------------
 
 @api("GET", "/nodes/{node}/lxc")
-def lxc_list(ctx: Context, params: dict[str, Any]) -> Any:
+def lxc_list(ctx: RequestContext, params: dict[str, Any]) -> Any:
     _node(ctx, params)
     listed = []
     for vmid in ctx.guests.vmids():
@@ -109,13 +109,13 @@ def lxc_list(ctx: Context, params: dict[str, Any]) -> Any:
 
 
 @api("POST", "/nodes/{node}/lxc")
-def lxc_create(ctx: Context, params: dict[str, Any]) -> Any:
+def lxc_create(ctx: RequestContext, params: dict[str, Any]) -> Any:
     _node(ctx, params)
     return ctx.guests.create(params, ctx.user)
 
 
 @api("GET", CT)
-def lxc_read(ctx: Context, params: dict[str, Any]) -> Any:
+def lxc_read(ctx: RequestContext, params: dict[str, Any]) -> Any:
     _node(ctx, params)
     ctx.guests.load(params["vmid"])
     return [{"subdir": s} for s in ("config", "status", "vncproxy", "termproxy", "vncwebsocket",
@@ -125,13 +125,13 @@ def lxc_read(ctx: Context, params: dict[str, Any]) -> Any:
 
 
 @api("DELETE", CT)
-def lxc_delete(ctx: Context, params: dict[str, Any]) -> Any:
+def lxc_delete(ctx: RequestContext, params: dict[str, Any]) -> Any:
     _node(ctx, params)
     return ctx.guests.delete(params["vmid"], params, ctx.user)
 
 
 @api("GET", CT + "/config")
-def config_get(ctx: Context, params: dict[str, Any]) -> Any:
+def config_get(ctx: RequestContext, params: dict[str, Any]) -> Any:
     _node(ctx, params)
     conf = ctx.guests.load(params["vmid"])
     typed: dict[str, Any] = {k: int(v) if INT_KEYS.fullmatch(k) and v.isdigit() else v for k, v in conf.items()}
@@ -139,7 +139,7 @@ def config_get(ctx: Context, params: dict[str, Any]) -> Any:
 
 
 @api("PUT", CT + "/config")
-def config_put(ctx: Context, params: dict[str, Any]) -> Any:
+def config_put(ctx: RequestContext, params: dict[str, Any]) -> Any:
     _node(ctx, params)
     if params.get("features") and set(parse_props(params["features"])) - {"nesting"}:
         raise ApiError(403, "Permission check failed (changing feature flags (except nesting) "
@@ -149,70 +149,70 @@ def config_put(ctx: Context, params: dict[str, Any]) -> Any:
 
 
 @api("GET", CT + "/pending")
-def pending(ctx: Context, params: dict[str, Any]) -> Any:
+def pending(ctx: RequestContext, params: dict[str, Any]) -> Any:
     _node(ctx, params)
     # The lab applies every change at once, so nothing is ever pending: current values only.
     return [{"key": k, "value": v} for k, v in sorted(ctx.guests.load(params["vmid"]).items())]
 
 
 @api("GET", CT + "/status/current")
-def status_current(ctx: Context, params: dict[str, Any]) -> Any:
+def status_current(ctx: RequestContext, params: dict[str, Any]) -> Any:
     _node(ctx, params)
     return ctx.guests.status(params["vmid"])
 
 
 @api("POST", CT + "/status/start")
-def start(ctx: Context, params: dict[str, Any]) -> Any:
+def start(ctx: RequestContext, params: dict[str, Any]) -> Any:
     _node(ctx, params)
     return ctx.guests.start(params["vmid"], ctx.user)
 
 
 @api("POST", CT + "/status/stop")
-def stop(ctx: Context, params: dict[str, Any]) -> Any:
+def stop(ctx: RequestContext, params: dict[str, Any]) -> Any:
     _node(ctx, params)
     return ctx.guests.stop(params["vmid"], ctx.user)
 
 
 @api("POST", CT + "/status/shutdown")
-def shutdown(ctx: Context, params: dict[str, Any]) -> Any:
+def shutdown(ctx: RequestContext, params: dict[str, Any]) -> Any:
     _node(ctx, params)
     return ctx.guests.shutdown(params["vmid"], params, ctx.user)
 
 
 @api("POST", CT + "/status/reboot")
-def reboot(ctx: Context, params: dict[str, Any]) -> Any:
+def reboot(ctx: RequestContext, params: dict[str, Any]) -> Any:
     _node(ctx, params)
     return ctx.guests.reboot(params["vmid"], params, ctx.user)
 
 
 @api("POST", CT + "/template")
-def template(ctx: Context, params: dict[str, Any]) -> Any:
+def template(ctx: RequestContext, params: dict[str, Any]) -> Any:
     _node(ctx, params)
     ctx.guests.make_template(params["vmid"], ctx.user)
     return None  # Proxmox answers null; the conversion runs as a vztemplate task
 
 
 @api("POST", CT + "/clone")
-def clone(ctx: Context, params: dict[str, Any]) -> Any:
+def clone(ctx: RequestContext, params: dict[str, Any]) -> Any:
     _node(ctx, params)
     return ctx.guests.clone(params["vmid"], params, ctx.user)
 
 
 @api("POST", CT + "/move_volume")
-def move_volume(ctx: Context, params: dict[str, Any]) -> Any:
+def move_volume(ctx: RequestContext, params: dict[str, Any]) -> Any:
     _node(ctx, params)
     return ctx.guests.move_volume(params["vmid"], params, ctx.user)
 
 
 @api("GET", CT + "/interfaces")
-def interfaces(ctx: Context, params: dict[str, Any]) -> Any:
+def interfaces(ctx: RequestContext, params: dict[str, Any]) -> Any:
     _node(ctx, params)
     return ctx.guests.interfaces(params["vmid"])
 
 
 # -- storage ---------------------------------------------------------------------------
 
-def _storage(ctx: Context, params: dict[str, Any]) -> str:
+def _storage(ctx: RequestContext, params: dict[str, Any]) -> str:
     _node(ctx, params)
     storage = params["storage"]
     if not ctx.node.storages.exists(storage):
@@ -221,7 +221,7 @@ def _storage(ctx: Context, params: dict[str, Any]) -> str:
 
 
 @api("GET", "/nodes/{node}/storage")
-def storage_list(ctx: Context, params: dict[str, Any]) -> Any:
+def storage_list(ctx: RequestContext, params: dict[str, Any]) -> Any:
     _node(ctx, params)
     wanted = set(filter(None, params.get("content", "").split(",")))
     listed = []
@@ -237,12 +237,12 @@ def storage_list(ctx: Context, params: dict[str, Any]) -> Any:
 
 
 @api("GET", "/nodes/{node}/storage/{storage}/status")
-def storage_status(ctx: Context, params: dict[str, Any]) -> Any:
+def storage_status(ctx: RequestContext, params: dict[str, Any]) -> Any:
     return ctx.node.storages.status(_storage(ctx, params))
 
 
 @api("GET", "/nodes/{node}/storage/{storage}/content")
-def storage_content(ctx: Context, params: dict[str, Any]) -> Any:
+def storage_content(ctx: RequestContext, params: dict[str, Any]) -> Any:
     items = ctx.node.storages.content(_storage(ctx, params))
     if "content" in params:
         items = [i for i in items if i["content"] in params["content"].split(",")]
@@ -252,7 +252,7 @@ def storage_content(ctx: Context, params: dict[str, Any]) -> Any:
 
 
 @api("DELETE", "/nodes/{node}/storage/{storage}/content/{volume}")
-def storage_delete(ctx: Context, params: dict[str, Any]) -> Any:
+def storage_delete(ctx: RequestContext, params: dict[str, Any]) -> Any:
     storage = _storage(ctx, params)
     volume = params["volume"]
     volid = volume if volume.startswith(f"{storage}:") else f"{storage}:{volume}"
@@ -270,7 +270,7 @@ def storage_delete(ctx: Context, params: dict[str, Any]) -> Any:
 
 # -- tasks -----------------------------------------------------------------------------
 
-def _task(ctx: Context, params: dict[str, Any]) -> dict:
+def _task(ctx: RequestContext, params: dict[str, Any]) -> dict:
     _node(ctx, params)
     record = ctx.node.tasks.status(params["upid"])
     if not Upid.parse(params["upid"]):
@@ -283,7 +283,7 @@ def _task(ctx: Context, params: dict[str, Any]) -> dict:
 
 
 @api("GET", "/nodes/{node}/tasks")
-def task_list(ctx: Context, params: dict[str, Any]) -> Any:
+def task_list(ctx: RequestContext, params: dict[str, Any]) -> Any:
     _node(ctx, params)
     audit = ctx.can(f"/nodes/{ctx.node.name}", ["Sys.Audit"])
     records = [r for r in ctx.node.tasks.all() if audit or r["user"] == ctx.user]
@@ -325,13 +325,13 @@ def _task_entry(record: dict) -> dict:
 
 
 @api("GET", TASK + "/status")
-def task_status(ctx: Context, params: dict[str, Any]) -> Any:
+def task_status(ctx: RequestContext, params: dict[str, Any]) -> Any:
     record = _task(ctx, params)
     return {k: v for k, v in record.items() if k != "endtime"}
 
 
 @api("GET", TASK + "/log")
-def task_log(ctx: Context, params: dict[str, Any]) -> Any:
+def task_log(ctx: RequestContext, params: dict[str, Any]) -> Any:
     _task(ctx, params)
     lines = ctx.node.tasks.log(params["upid"])
     start, limit = int(params.get("start", 0)), int(params.get("limit", 50))

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import CommandError, LabError
-from lab.process import run_command
+from lab.process import ANY_EXIT, run_command
 
 BRIDGE = "mrdlab0"
 GATEWAY = "10.157.0.1"
@@ -252,14 +252,14 @@ class Container:
         load it (a broken guest is listed as Proxmox lists it, never an error for the caller)."""
         if not self.config_path.exists():
             return "STOPPED"
-        proc = self._lxc("lxc-info", "-s", "-H", check=range(256))
+        proc = self._lxc("lxc-info", "-s", "-H", check=ANY_EXIT)
         return proc.stdout.strip() if proc.returncode == 0 else "STOPPED"
 
     def config_problem(self) -> str | None:
         """Why LXC cannot load this container's config (its own words), or None."""
         if not self.config_path.exists():
             return None
-        proc = self._lxc("lxc-info", "-s", "-H", check=range(256))
+        proc = self._lxc("lxc-info", "-s", "-H", check=ANY_EXIT)
         if proc.returncode == 0:
             return None
         return (proc.stderr.strip().splitlines() or ["lxc-info failed"])[-1]
@@ -309,7 +309,7 @@ class Container:
         """systemctl is-system-running inside (initializing, starting, running, degraded ...)."""
         if self.state() != "RUNNING":
             return "offline"
-        proc = self.attach(["systemctl", "is-system-running"], check=range(256), timeout=30)
+        proc = self.attach(["systemctl", "is-system-running"], check=ANY_EXIT, timeout=30)
         return proc.stdout.strip() or "unknown"
 
     def wait_running(self, timeout: float = 120, accept: Sequence[str] = ("running", "degraded")) -> str:
@@ -334,15 +334,15 @@ class Container:
         if self.state() != "RUNNING":
             log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
             return "LXC log:\n" + _tail(log)
-        failed = self.attach(["systemctl", "--failed", "--no-legend"], check=range(256)).stdout
+        failed = self.attach(["systemctl", "--failed", "--no-legend"], check=ANY_EXIT).stdout
         journal = self.attach(
-            ["journalctl", "-b", "--no-pager", "-n", "80"], check=range(256)
+            ["journalctl", "-b", "--no-pager", "-n", "80"], check=ANY_EXIT
         ).stdout
         return f"failed units:\n{failed}\njournal:\n{journal}"
 
     def journal(self) -> str:
         """The whole journal of the current boot (for a test's failure report)."""
-        return self.attach(["journalctl", "-b", "--no-pager"], check=range(256)).stdout
+        return self.attach(["journalctl", "-b", "--no-pager"], check=ANY_EXIT).stdout
 
 
 def _network(address: str | None, gateway: str | None, hwaddr: str | None,

@@ -4,7 +4,7 @@ on failure a ``CommandError`` with the quoted command, its exit code and the tai
 Example::
 
     run_command(["ip", "link", "set", "mrdlab0", "up"])
-    state = run_command(["lxc-info", "-n", "457", "-s", "-H"], check=range(256)).stdout
+    state = run_command(["lxc-info", "-n", "457", "-s", "-H"], check=ANY_EXIT).stdout
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ PASSED_ENV = ("PATH", "HOME", "LANG", "TERM", "TMPDIR", "SOURCE_DATE_EPOCH",
               "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TAIL_LINES = 25
+ANY_EXIT = range(256)  # ``check=`` for a caller that reads the exit status itself
 
 
 def run_command(

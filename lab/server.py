@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from lab.apischema import ApiSchema, Endpoint
 from lab.errors import ApiError, forbidden
 from lab.guests import Guests
-from lab.handlers import HANDLERS, Context
+from lab.handlers import HANDLERS, RequestContext
 from lab.node import Node
 from lab.upload import receive_upload
 
@@ -126,14 +126,14 @@ class Handler(BaseHTTPRequestHandler):
         raw.update(self._form())
         params = endpoint.validate(raw)
         check_permissions(self.server.node, endpoint, params, user)
-        ctx = Context(self.server.node, self.server.guests, user)
+        ctx = RequestContext(self.server.node, self.server.guests, user)
         return HANDLERS[(endpoint.method, endpoint.path)](ctx, params)
 
     def _upload(self, endpoint: Endpoint, raw: dict[str, str], user: str) -> Any:
         # Permissions before the body: a refused upload does not write hundreds of MiB first.
         endpoint.validate({**raw, "content": "vztmpl", "filename": "x.tar"})
         check_permissions(self.server.node, endpoint, {**raw}, user)
-        ctx = Context(self.server.node, self.server.guests, user)
+        ctx = RequestContext(self.server.node, self.server.guests, user)
         return receive_upload(ctx, endpoint, raw, self.headers, self.rfile)  # type: ignore[arg-type]  # a BufferedReader
 
     def _length(self) -> int:

@@ -1,6 +1,6 @@
 """Command line: ``python -m pipeline COMMAND --site FILE ...``.
 
-Each command lives in its own module exposing ``configure(parser)`` and ``run(args) -> int``.
+Each command lives in its own module exposing ``configure(parser)`` and ``main(args) -> int``.
 Errors a user can cause print as one message (no traceback) and exit 2.
 """
 
@@ -14,7 +14,7 @@ from pipeline.errors import PipelineError
 from pipeline.progress import console
 
 COMMANDS = {
-    "build": ("pipeline.build.cli", "build the LXC template, sysext images and seed"),
+    "build": ("pipeline.builder.cli", "build the LXC template, sysext images and seed"),
     "seed": ("pipeline.cloudinit.cli", "render cloud-init user-data, meta-data, network-config and seed.iso"),
     "replace-ct": ("pipeline.replace.cli", "create or replace the container from a template"),
     "oauth-login": ("pipeline.oauth", "one-time Claude OAuth login inside the container"),
@@ -37,7 +37,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return importlib.import_module(args.module).run(args)
+        return importlib.import_module(args.module).main(args)
     except PipelineError as exc:
         console.print("[bold red]error:[/bold red]", end=" ")
         console.print(str(exc), markup=False)

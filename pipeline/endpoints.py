@@ -16,7 +16,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True, help="site file (sites/*.yml)")
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     site = load_site(args.site)
     address = site.container.network.address.split("/")[0]
     ports = site.services

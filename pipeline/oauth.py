@@ -18,7 +18,7 @@ from pipeline.config import Site, load_site
 from pipeline.errors import PipelineError
 from pipeline.progress import console
 from pipeline.replace.ssh import SSH, latest_known_hosts
-from pipeline.runner import run as run_tool
+from pipeline.runner import ANY_EXIT, run
 
 SERVICE = "meridian.service"
 SERVICE_USER = "meridian"
@@ -30,7 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="log in again even when logged in")
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     site = load_site(args.site)
     ssh = _connect(site)
     claude = _claude_command(ssh)
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"logging in as {SERVICE_USER} on {site.container.network.ip}: open the URL, "
                   "then paste the code here")
     interactive = ["ssh", "-t", *ssh._argv(shlex.join(["sudo", "-n", *claude, "login", "--claudeai"]))[1:]]
-    run_tool(interactive, interactive=True, timeout=LOGIN_TIMEOUT, check=range(256))
+    run(interactive, interactive=True, timeout=LOGIN_TIMEOUT, check=ANY_EXIT)
     status = _auth_status(ssh, claude)
     if not status.get("loggedIn"):
         raise PipelineError(

@@ -30,6 +30,10 @@ PASSTHROUGH_ENV = (
 )
 
 TAIL_LINES = 25
+# ``check=`` values: any exit status is an answer the caller reads itself (never raises), and
+# the same including death by a signal (subprocess reports signal N as -N).
+ANY_EXIT = range(256)
+ANY_EXIT_OR_SIGNAL = range(-64, 256)
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build.context import DEFAULT_CACHE
-from pipeline.build.layers import LAYER_NAMES
-from pipeline.build.plan import build
+from pipeline.builder.context import DEFAULT_CACHE
+from pipeline.builder.layers import LAYER_NAMES
+from pipeline.builder.orchestrate import build
 from pipeline.config import REPO_ROOT, load_site
 from pipeline.digest import file_sha256
 from pipeline.runner import run

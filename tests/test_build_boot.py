@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from lab import lxc
-from pipeline.build.layers import LAYER_NAMES
-from pipeline.build.rules import template_violations
+from pipeline.builder.layers import LAYER_NAMES
+from pipeline.builder.rules import template_violations
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.build import base, litellm, meridian, node
-from pipeline.build.cache import Cache, Key, tree_sha256
-from pipeline.build.context import BuildContext
-from pipeline.build.layers import Layer
+from pipeline.builder import base, litellm, meridian, node
+from pipeline.builder.cache import Cache, Key, tree_sha256
+from pipeline.builder.context import BuildContext
+from pipeline.builder.layers import Layer
 from pipeline.config import REPO_ROOT, load_site
 from pipeline.errors import PipelineError
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build.rules import TemplateError, check_template, template_violations
+from pipeline.builder.rules import TemplateError, check_template, template_violations
 from pipeline.runner import run
 
 OS_FILES = ("./etc/os-release", "./etc/debian_version")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.build.cache import Cache
-from pipeline.build.context import BuildContext
-from pipeline.build.layers import squash, write_release
+from pipeline.builder.cache import Cache
+from pipeline.builder.context import BuildContext
+from pipeline.builder.layers import squash, write_release
 from pipeline.config import REPO_ROOT, load_site
 from pipeline.digest import file_sha256
 

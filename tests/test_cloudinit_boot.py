@@ -26,7 +26,7 @@ from lab.tasks import TaskLog
 from pipeline.cloudinit import activation_script, container_files, render_seed
 from pipeline.cloudinit.deliver import WAIT_COMMAND
 from pipeline.config import REPO_ROOT, load_site
-from pipeline.runner import run
+from pipeline.runner import ANY_EXIT, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -85,10 +85,10 @@ def booted(request, lab_build, lab_workdir) -> Iterator[Booted]:
         ct.wait_running(timeout=120)
         if request.param == "delivered":
             assert "disabled-by-generator" in sh(ct, "cloud-init status --long")
-            delivered = ct.attach(["sh", "-s"], input=activation_script(seed).decode(), check=range(256),
+            delivered = ct.attach(["sh", "-s"], input=activation_script(seed).decode(), check=ANY_EXIT,
                                   timeout=660)
             assert delivered.returncode == 0, f"{delivered.stderr}\n{ct.diagnostics()}"
-        wait = ct.attach(["sh", "-c", WAIT_COMMAND], check=range(256), timeout=660)
+        wait = ct.attach(["sh", "-c", WAIT_COMMAND], check=ANY_EXIT, timeout=660)
         assert wait.returncode == 0, f"{wait.stdout}\n{wait.stderr}\n{ct.diagnostics()}"
         yield Booted(ct, address.split("/")[0], key, deploy_key, before)
     finally:
@@ -173,7 +173,7 @@ def test_admin_logs_in_with_the_deploy_key_and_sudo_needs_no_password(booted, tm
             "-o", f"UserKnownHostsFile={known_hosts}", "-o", "ConnectTimeout=10",
             f"{site.admin.user}@{booted.ip}", "sudo -n id -u"]
     for _ in range(3):  # bounded: a reused lab address may need a fresh ARP entry first
-        out = run(argv, timeout=60, check=range(256))
+        out = run(argv, timeout=60, check=ANY_EXIT)
         if out.returncode != 255:
             break
         time.sleep(2)

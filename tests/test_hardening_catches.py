@@ -23,7 +23,7 @@ from pipeline.cloudinit import activation_script, render_seed
 from pipeline.cloudinit.deliver import WAIT_COMMAND
 from pipeline.config import REPO_ROOT, load_site
 from pipeline.replace.gate import failed_checks
-from pipeline.runner import run, tail
+from pipeline.runner import ANY_EXIT, run, tail
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -106,9 +106,9 @@ def booted(lab_build, lab_workdir) -> Iterator[Booted]:
                         lxc_sets_address=False)
         ct.start()
         ct.wait_running(timeout=120)
-        delivered = ct.attach(["sh", "-s"], input=activation_script(seed).decode(), check=range(256), timeout=660)
+        delivered = ct.attach(["sh", "-s"], input=activation_script(seed).decode(), check=ANY_EXIT, timeout=660)
         assert delivered.returncode == 0, f"{delivered.stderr}\n{ct.diagnostics()}"
-        wait = ct.attach(["sh", "-c", WAIT_COMMAND], check=range(256), timeout=660)
+        wait = ct.attach(["sh", "-c", WAIT_COMMAND], check=ANY_EXIT, timeout=660)
         assert wait.returncode == 0, f"{wait.stdout}\n{wait.stderr}\n{ct.diagnostics()}"
         yield Booted(ct, address.split("/")[0], deploy_key)
     finally:
@@ -127,7 +127,7 @@ def image_tier(booted: Booted, out: Path) -> list[str]:
     proc = run([sys.executable, "-m", "pytest", str(REPO_ROOT / "acceptance"), "-m", "image",
                 "--hosts", f"{site.admin.user}@{booted.ip}", "--ssh-identity-file", str(booted.deploy_key),
                 f"--junitxml={junit}", "-p", "no:cacheprovider", "-q"],
-               cwd=REPO_ROOT, timeout=SUITE_TIMEOUT, check=range(256), log=log)
+               cwd=REPO_ROOT, timeout=SUITE_TIMEOUT, check=ANY_EXIT, log=log)
     failed = [name.split("::")[-1] for name in failed_checks(junit)] if junit.exists() else []
     if proc.returncode != 0 and not failed:
         raise AssertionError(f"acceptance exited {proc.returncode} without a failed check:\n"

@@ -31,8 +31,8 @@ from pipeline.proxmox import Client
 from pipeline.replace.ssh import SSH
 from pipeline.replace.state import CT, parse_ct
 from pipeline.replace.steps import CRASH_ENV
-from pipeline.replace.template import resolve
-from pipeline.runner import run
+from pipeline.replace.template_file import resolve
+from pipeline.runner import ANY_EXIT_OR_SIGNAL, run
 from tests.plugins.acceptance import LAB_SITE, bumped_site, bumped_version
 from tests.plugins.build import LabBuild
 from tests.plugins.gatesuite import GateSuite
@@ -84,7 +84,7 @@ class Lab:
         proc = run([sys.executable, "-m", "pipeline", "replace-ct", "--site", str(self.site_file),
                     "--json", str(report), "--acceptance", str(self.gate.path), *args],
                    env={"MERIDIAN_LAB_MASTER_KEY": self.key, **(env or {})}, cwd=REPO_ROOT,
-                   timeout=RUN_TIMEOUT, check=range(-64, 256), log=log)
+                   timeout=RUN_TIMEOUT, check=ANY_EXIT_OR_SIGNAL, log=log)
         output = log.read_text(errors="replace")
         assert self.key not in output
         return Result(proc.returncode, output, json.loads(report.read_text()) if report.exists() else {})

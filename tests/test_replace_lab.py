@@ -27,8 +27,8 @@ from pipeline.proxmox import Client
 from pipeline.replace.ssh import SSH
 from pipeline.replace.state import CT, parse_ct
 from pipeline.replace.steps import CRASH_ENV
-from pipeline.replace.template import SUFFIX, resolve
-from pipeline.runner import run
+from pipeline.replace.template_file import SUFFIX, resolve
+from pipeline.runner import ANY_EXIT_OR_SIGNAL, run
 from tests.plugins.build import LabBuild
 from tests.plugins.gatesuite import GateSuite
 from tests.plugins.lab import Lab as LabServer
@@ -55,7 +55,7 @@ def replace_ct(site_file: Path, tmp: Path, *args: str, env: dict[str, str] | Non
         [sys.executable, "-m", "pipeline", "replace-ct", "--site", str(site_file), "--json", str(report),
          *args],
         env={"MERIDIAN_LAB_MASTER_KEY": os.environ["MERIDIAN_LAB_MASTER_KEY"], **(env or {})},
-        cwd=REPO_ROOT, timeout=RUN_TIMEOUT, check=range(-64, 256), log=log,
+        cwd=REPO_ROOT, timeout=RUN_TIMEOUT, check=ANY_EXIT_OR_SIGNAL, log=log,
     )
     output = log.read_text(errors="replace")
     assert os.environ["MERIDIAN_LAB_MASTER_KEY"] not in output

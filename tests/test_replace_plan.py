@@ -15,7 +15,7 @@ from pipeline.replace.plan import (
     simulate,
 )
 from pipeline.replace.state import CT, ROLE_TEMPLATE, World
-from pipeline.replace.template import TemplateRef
+from pipeline.replace.template_file import TemplateRef
 
 OLD = TemplateRef("meridian_1_amd64-aaaaaaaaaaaa.tar.zst", "a" * 64)
 NEW = TemplateRef("meridian_2_amd64-bbbbbbbbbbbb.tar.zst", "b" * 64)

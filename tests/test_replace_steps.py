@@ -14,7 +14,7 @@ from pipeline.proxmox import Client
 from pipeline.replace import steps
 from pipeline.replace.journal import Journal
 from pipeline.replace.state import CT, World, parse_ct
-from pipeline.replace.template import TemplateRef
+from pipeline.replace.template_file import TemplateRef
 from tests.plugins.cannedapi import UPID, Api
 
 TARGET = TemplateRef("meridian_2_amd64-bbbbbbbbbbbb.tar.zst", "b" * 64)
@@ -23,13 +23,13 @@ PARKED = "local-lvm:vm-9457-disk-1"
 
 
 @pytest.fixture
-def ctx(client: tuple[Client, Api], tmp_path: Path) -> tuple[steps.Context, Api]:
+def ctx(client: tuple[Client, Api], tmp_path: Path) -> tuple[steps.ReplaceContext, Api]:
     px, state = client
     site = dataclasses.replace(load_site(REPO_ROOT / "sites/lab.yml"), state_dir=tmp_path)
     site.site_state_dir.mkdir()
     state.on("GET", "/status", (200, "OK", {"data": {"status": "stopped", "exitstatus": "OK"}}))
     state.on("POST", "/nodes/pve01/lxc", (200, "OK", {"data": UPID}))
-    return steps.Context(site=site, px=px, journal=Journal(site.site_state_dir), master_key="unused",
+    return steps.ReplaceContext(site=site, px=px, journal=Journal(site.site_state_dir), master_key="unused",
                          deploy_key=DEPLOY_KEY, suite=REPO_ROOT / "acceptance"), state
 
 
@@ -47,7 +47,7 @@ def _posted(state: Api) -> dict[str, str]:
     ],
 )
 def test_create_carries_unprivileged_nesting_marker_and_deploy_key(
-    ctx: tuple[steps.Context, Api], parked: str | None, mp0: str | None
+    ctx: tuple[steps.ReplaceContext, Api], parked: str | None, mp0: str | None
 ) -> None:
     context, state = ctx
     world = World(ct=CT(457), holder=CT(9457, exists=True, ours=True, holder=True, volume=parked))
@@ -66,7 +66,7 @@ def test_create_carries_unprivileged_nesting_marker_and_deploy_key(
     assert context.journal.get("volume_created") is True
 
 
-def test_holder_is_ours_never_started_and_unprivileged(ctx: tuple[steps.Context, Api]) -> None:
+def test_holder_is_ours_never_started_and_unprivileged(ctx: tuple[steps.ReplaceContext, Api]) -> None:
     context, state = ctx
     steps.create_holder(context, World(ct=CT(457), holder=CT(9457)), TARGET)
     params = _posted(state)
@@ -83,7 +83,7 @@ def test_holder_is_ours_never_started_and_unprivileged(ctx: tuple[steps.Context,
         pytest.param({"unused0": "local-lvm:vm-457-disk-2"}, id="unused-volume"),
     ],
 )
-def test_delete_refuses_while_the_ct_references_a_volume(ctx: tuple[steps.Context, Api], config: dict) -> None:
+def test_delete_refuses_while_the_ct_references_a_volume(ctx: tuple[steps.ReplaceContext, Api], config: dict) -> None:
     context, state = ctx
     state.on("GET", "/lxc/457/config", (200, "OK", {"data": {"rootfs": "local-lvm:vm-457-disk-0", **config}}))
     with pytest.raises(PipelineError, match="refusing to delete CT 457: it still references volumes"):
@@ -91,7 +91,7 @@ def test_delete_refuses_while_the_ct_references_a_volume(ctx: tuple[steps.Contex
     assert not [r for r in state.requests if r[0] == "DELETE"]
 
 
-def test_delete_purges_without_destroying_unreferenced_disks(ctx: tuple[steps.Context, Api]) -> None:
+def test_delete_purges_without_destroying_unreferenced_disks(ctx: tuple[steps.ReplaceContext, Api]) -> None:
     context, state = ctx
     state.on("GET", "/lxc/457/config", (200, "OK", {"data": {"rootfs": "local-lvm:vm-457-disk-0"}}))
     state.on("DELETE", "/lxc/457", (200, "OK", {"data": UPID}))
@@ -100,6 +100,6 @@ def test_delete_purges_without_destroying_unreferenced_disks(ctx: tuple[steps.Co
     assert url.endswith("/nodes/pve01/lxc/457?purge=1")
 
 
-def test_upload_without_a_local_file_names_the_template(ctx: tuple[steps.Context, Api]) -> None:
+def test_upload_without_a_local_file_names_the_template(ctx: tuple[steps.ReplaceContext, Api]) -> None:
     with pytest.raises(PipelineError, match=f"template {TARGET.name} is not on storage local"):
         steps.upload(ctx[0], World(ct=CT(457), holder=CT(9457)), TARGET)

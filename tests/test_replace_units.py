@@ -14,12 +14,12 @@ from pipeline.config import REPO_ROOT, load_site
 from pipeline.digest import file_sha256
 from pipeline.errors import PipelineError
 from pipeline.proxmox import ProxmoxError
-from pipeline.replace import template
+from pipeline.replace import template_file
 from pipeline.replace.gate import failed_checks
 from pipeline.replace.journal import Journal, locked
 from pipeline.replace.state import CT, MARKER_TAG, ROLE_TEMPLATE, World, description, parse_ct
-from pipeline.replace.steps import Context, kept_templates, stale_uploads, template_volid
-from pipeline.replace.template import TemplateRef
+from pipeline.replace.steps import ReplaceContext, kept_templates, stale_uploads, template_volid
+from pipeline.replace.template_file import TemplateRef
 
 OLD = TemplateRef("old.tar.zst", "a" * 64)
 NEW = TemplateRef("new.tar.zst", "b" * 64)
@@ -74,7 +74,7 @@ def test_lock_refuses_a_second_run_and_names_the_holder(tmp_path: Path) -> None:
 def test_template_from_build_dir_is_named_after_its_content(tmp_path: Path) -> None:
     (tmp_path / "meridian_1.0_amd64.tar.zst").write_bytes(b"x" * 10)
     (tmp_path / "manifest.json").write_text(json.dumps({"template": "meridian_1.0_amd64.tar.zst"}))
-    found = template.resolve(tmp_path)
+    found = template_file.resolve(tmp_path)
     assert found.ref.sha256 == file_sha256(tmp_path / "meridian_1.0_amd64.tar.zst")
     assert found.ref.name == f"meridian_1.0_amd64-{found.ref.sha256[:12]}.tar.zst" and found.size == 10
 
@@ -86,7 +86,7 @@ def test_template_changed_after_the_build_is_refused(tmp_path: Path) -> None:
         "artifacts": [{"kind": "template", "path": "m_1_amd64.tar.zst", "sha256": "0" * 64}],
     }))
     with pytest.raises(PipelineError, match=r"m_1_amd64\.tar\.zst: sha256 .* differs from 000000000000"):
-        template.resolve(tmp_path)
+        template_file.resolve(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -104,7 +104,7 @@ def test_template_errors(tmp_path: Path, files: dict[str, str], given: str, mess
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     with pytest.raises(PipelineError) as err:
-        template.resolve(tmp_path / given if given != "." else tmp_path)
+        template_file.resolve(tmp_path / given if given != "." else tmp_path)
     assert message.format(d=tmp_path) in str(err.value)
 
 
@@ -152,7 +152,7 @@ class Configs:
         return self.configs[vmid]
 
 
-def pruning(tmp_path: Path, keep: int, other_site: bool = True) -> tuple[Context, dict[int, dict[str, Any]]]:
+def pruning(tmp_path: Path, keep: int, other_site: bool = True) -> tuple[ReplaceContext, dict[int, dict[str, Any]]]:
     """A journal that uploaded A, B, C and ELSEWHERE and deployed A, B, C in turn; CT 457 runs C."""
     configs = {457: {"tags": MARKER_TAG, "description": description(C, "d3")}}
     if other_site:
@@ -160,12 +160,12 @@ def pruning(tmp_path: Path, keep: int, other_site: bool = True) -> tuple[Context
     journal = Journal(tmp_path)
     journal.set("uploads", [{"name": r.name, "sha256": r.sha256} for r in (A, B, C, ELSEWHERE)])
     journal.set("deployed", [{"name": r.name, "sha256": r.sha256} for r in (A, B, C)])
-    ctx = Context(site=load_site(REPO_ROOT / "sites" / "lab.yml"), px=Configs(configs),  # type: ignore[arg-type]
+    ctx = ReplaceContext(site=load_site(REPO_ROOT / "sites" / "lab.yml"), px=Configs(configs),  # type: ignore[arg-type]
                   journal=journal, master_key="", suite=tmp_path, keep=keep)
     return ctx, {v: {"vmid": v, "tags": c["tags"]} for v, c in configs.items()}
 
 
-def stale(ctx: Context, listed: dict[int, dict[str, Any]], bases: tuple[CT, ...] = (),
+def stale(ctx: ReplaceContext, listed: dict[int, dict[str, Any]], bases: tuple[CT, ...] = (),
           cloned_from: int | None = None) -> list[str]:
     ct = dataclasses.replace(parse_ct(457, ctx.px.ct_config(457), "running"), base=cloned_from)
     world = World(ct=ct, holder=CT(9457), bases=bases, keep=frozenset(kept_templates(ctx, C)))

@@ -23,7 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     site = load_site(args.site)
     deploy_key = _read_public_key(args.deploy_key) if args.deploy_key else None
     with step("read the LiteLLM master key"):

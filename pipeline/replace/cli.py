@@ -21,22 +21,22 @@ from pipeline.config import Site, load_site
 from pipeline.errors import PipelineError
 from pipeline.progress import console
 from pipeline.proxmox import Client
-from pipeline.replace import report, template
+from pipeline.replace import report, template_file
 from pipeline.replace.gate import ACCEPTANCE_DIR
 from pipeline.replace.journal import Journal, locked
 from pipeline.replace.plan import EXIT_ERROR, EXIT_NOTHING, Plan, make_plan
 from pipeline.replace.ssh import ensure_deploy_key
 from pipeline.replace.steps import (
     DEFAULT_KEEP,
-    Context,
     GateFailed,
+    ReplaceContext,
     converge,
     read_ct,
     read_world,
     remember_layers,
     wait_for_own_tasks,
 )
-from pipeline.replace.template import TemplateRef
+from pipeline.replace.template_file import TemplateRef
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +69,7 @@ def _at_least_one(text: str) -> int:
     return value
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     """Errors print as one message and exit 1 (so --plan's 2 means only 'changes pending')."""
     try:
         return _run(args)
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     site = load_site(args.site)
-    local = template.resolve(args.template) if args.template else None
+    local = template_file.resolve(args.template) if args.template else None
     # Every check that needs no change comes first: a missing or weak key stops here.
     key = site.litellm.master_key.read(label="litellm.master_key", check_strength=True)
     render_seed(site, master_key=key, instance_id="iid-preflight")
@@ -89,7 +89,7 @@ def _run(args: argparse.Namespace) -> int:
     preflight(px, site)
     site.site_state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     with locked(site.site_state_dir):
-        ctx = Context(site=site, px=px, journal=Journal(site.site_state_dir), master_key=key,
+        ctx = ReplaceContext(site=site, px=px, journal=Journal(site.site_state_dir), master_key=key,
                       suite=args.acceptance, adopt=args.adopt, local=local, keep=args.keep,
                       rootfs_storage_type=px.storage_type(site.proxmox.rootfs_storage))
         return _deploy(ctx, args)
@@ -115,7 +115,7 @@ def preflight(px: Client, site: Site) -> None:
             )
 
 
-def _deploy(ctx: Context, args: argparse.Namespace) -> int:
+def _deploy(ctx: ReplaceContext, args: argparse.Namespace) -> int:
     journal = ctx.journal
     if journal.op:
         console.print(f"continuing the unfinished {journal.op['phase']} from {journal.path}")
@@ -152,7 +152,7 @@ def _deploy(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_NOTHING
 
 
-def _target(ctx: Context, running: TemplateRef | None) -> TemplateRef:
+def _target(ctx: ReplaceContext, running: TemplateRef | None) -> TemplateRef:
     op = ctx.journal.op
     if op and op["phase"] == "rollback":
         return TemplateRef(**op["target"])
@@ -168,7 +168,7 @@ def _target(ctx: Context, running: TemplateRef | None) -> TemplateRef:
     )
 
 
-def _rolled_back(ctx: Context, args: argparse.Namespace, before: TemplateRef | None,
+def _rolled_back(ctx: ReplaceContext, args: argparse.Namespace, before: TemplateRef | None,
                  failed: list[str], *, converged: bool = False) -> int:
     """The gate failed on the new template: put the previous one back (same volume), exit 1."""
     journal = ctx.journal
@@ -204,7 +204,7 @@ def _rolled_back(ctx: Context, args: argparse.Namespace, before: TemplateRef | N
     )
 
 
-def _rollback_failed(ctx: Context, args: argparse.Namespace, before: TemplateRef | None,
+def _rollback_failed(ctx: ReplaceContext, args: argparse.Namespace, before: TemplateRef | None,
                      again: list[str]) -> None:
     last = ctx.journal.finish("rollback-failed")
     _report(ctx, args, "rollback-failed", before, TemplateRef(**last["target"]), again)
@@ -215,7 +215,7 @@ def _rollback_failed(ctx: Context, args: argparse.Namespace, before: TemplateRef
     )
 
 
-def _print_plan(ctx: Context, plan: Plan, running: TemplateRef | None, target: TemplateRef) -> None:
+def _print_plan(ctx: ReplaceContext, plan: Plan, running: TemplateRef | None, target: TemplateRef) -> None:
     world = read_world(ctx, target)
     console.print(f"[bold]plan for CT {ctx.vmid}[/bold] (site {ctx.site.name}, node {ctx.site.proxmox.node})")
     console.print(f"  now:    {world.summary()}; template {running.name if running else '-'}", markup=False,
@@ -245,7 +245,7 @@ def _confirm(yes: bool, vmid: int) -> None:
         raise PipelineError("not confirmed; nothing was changed")
 
 
-def _report(ctx: Context, args: argparse.Namespace, outcome: str, before: TemplateRef | None,
+def _report(ctx: ReplaceContext, args: argparse.Namespace, outcome: str, before: TemplateRef | None,
             after: TemplateRef | None, failed: list[str], *, error: str | None = None) -> None:
     if not args.json:
         return

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.replace.template import TemplateRef
+from pipeline.replace.template_file import TemplateRef
 
 EVENTS_KEPT = 200
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 from pipeline.errors import PipelineError
 from pipeline.replace.state import CREDENTIALS_MOUNT, CT, ROLE_TEMPLATE, World, with_ct, with_holder
-from pipeline.replace.template import TemplateRef
+from pipeline.replace.template_file import TemplateRef
 
 EXIT_NOTHING = 0
 EXIT_ERROR = 1

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.progress import timeline
-from pipeline.replace.template import TemplateRef
+from pipeline.replace.template_file import TemplateRef
 
 
 def build(

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pipeline.replace.template import TemplateRef
+from pipeline.replace.template_file import TemplateRef
 
 MARKER_TAG = "meridian-pipeline"
 HOLDER_TAG = "meridian-holder"

@@ -28,7 +28,7 @@ from pipeline.replace.journal import Journal
 from pipeline.replace.plan import STEPS, check, next_step, step_line
 from pipeline.replace.probe import serving, wait_serving
 from pipeline.replace.ssh import SSH
-from pipeline.replace.template import LocalTemplate, TemplateRef
+from pipeline.replace.template_file import LocalTemplate, TemplateRef
 
 CRASH_ENV = "MERIDIAN_REPLACE_CRASH_AFTER"  # tests: SIGKILL this process right after step NAME
 SHUTDOWN_SECONDS = 60
@@ -45,7 +45,7 @@ class GateFailed(PipelineError):
 
 
 @dataclass
-class Context:
+class ReplaceContext:
     site: Site
     px: Client
     journal: Journal
@@ -97,7 +97,7 @@ def template_volid(site: Site, ref: TemplateRef) -> str:
 # -- reading the real state ------------------------------------------------------------------
 
 
-def read_world(ctx: Context, target: TemplateRef) -> st.World:
+def read_world(ctx: ReplaceContext, target: TemplateRef) -> st.World:
     listed = {int(c["vmid"]): c for c in ctx.px.containers()}
     ct = read_ct(ctx, ctx.vmid, listed)
     holder = read_ct(ctx, ctx.holder_vmid, listed)
@@ -144,7 +144,7 @@ def read_world(ctx: Context, target: TemplateRef) -> st.World:
     return replace(world, stale_uploads=stale_uploads(ctx, world, archives, listed))
 
 
-def kept_templates(ctx: Context, target: TemplateRef) -> set[TemplateRef]:
+def kept_templates(ctx: ReplaceContext, target: TemplateRef) -> set[TemplateRef]:
     """Templates whose CT template and archive stay: those of the ``--keep`` latest deployments
     counting the target as deployed (so the plan shows what goes once it is), and the running
     operation's target and previous (a rollback's way back)."""
@@ -154,13 +154,13 @@ def kept_templates(ctx: Context, target: TemplateRef) -> set[TemplateRef]:
     return {TemplateRef(**op[k]) for k in ("target", "previous") if op.get(k)} | {target, *recent}
 
 
-def _archives(ctx: Context) -> dict[str, int]:
+def _archives(ctx: ReplaceContext) -> dict[str, int]:
     """volid -> size of every container template on the template storage."""
     items = ctx.px.storage_content(ctx.site.proxmox.template_storage, "vztmpl")
     return {str(i.get("volid")): int(i.get("size", -1)) for i in items}
 
 
-def stale_uploads(ctx: Context, world: st.World, archives: dict[str, int],
+def stale_uploads(ctx: ReplaceContext, world: st.World, archives: dict[str, int],
                    listed: dict[int, dict[str, Any]]) -> tuple[str, ...]:
     """Archives this state dir uploaded (the journal's record: never anyone else's) that are
     still on the storage and that nothing stands on: not a kept template, not a remaining CT
@@ -179,18 +179,18 @@ def stale_uploads(ctx: Context, world: st.World, archives: dict[str, int],
     return tuple(v for u, v in candidates.items() if u not in needed)
 
 
-def _record(ctx: Context, key: str, ref: TemplateRef) -> None:
+def _record(ctx: ReplaceContext, key: str, ref: TemplateRef) -> None:
     """Append ``ref`` to the journal's list ``key`` (once; most recent last)."""
     entries = [e for e in ctx.journal.get(key) or [] if TemplateRef(**e) != ref]
     ctx.journal.set(key, [*entries, {"name": ref.name, "sha256": ref.sha256}])
 
 
-def _gate_key(ctx: Context, deployment: str | None, target: TemplateRef) -> str:
+def _gate_key(ctx: ReplaceContext, deployment: str | None, target: TemplateRef) -> str:
     """What a passed gate vouches for: this container, this template, this configuration."""
     return f"{deployment}:{target.sha256}:{str(ctx.journal.get('seed_digest'))[:16]}"
 
 
-def layers_of(ctx: Context, ref: TemplateRef | None) -> swap.Layers | None:
+def layers_of(ctx: ReplaceContext, ref: TemplateRef | None) -> swap.Layers | None:
     """The layer facts of a template: from the local build when it is that template, else as
     the journal recorded them when it was deployed (None: unknown, no swap possible)."""
     if ref is None:
@@ -201,7 +201,7 @@ def layers_of(ctx: Context, ref: TemplateRef | None) -> swap.Layers | None:
     return swap.Layers.from_record(record) if record else None
 
 
-def remember_layers(ctx: Context) -> None:
+def remember_layers(ctx: ReplaceContext) -> None:
     """Record the local build's layer facts, so a later swap back (rollback) knows them."""
     if ctx.local and ctx.local.manifest:
         found = swap.Layers.from_build(ctx.local.manifest)
@@ -210,7 +210,7 @@ def remember_layers(ctx: Context) -> None:
                                        ctx.local.ref.sha256: found.as_record()})
 
 
-def read_ct(ctx: Context, vmid: int, listed: dict[int, dict[str, Any]] | None = None) -> st.CT:
+def read_ct(ctx: ReplaceContext, vmid: int, listed: dict[int, dict[str, Any]] | None = None) -> st.CT:
     if listed is None:
         listed = {int(c["vmid"]): c for c in ctx.px.containers()}
     if vmid not in listed:
@@ -218,7 +218,7 @@ def read_ct(ctx: Context, vmid: int, listed: dict[int, dict[str, Any]] | None = 
     return st.parse_ct(vmid, ctx.px.ct_config(vmid), str(listed[vmid].get("status", "stopped")))
 
 
-def _uploaded(ctx: Context, ref: TemplateRef, archives: dict[str, int]) -> bool:
+def _uploaded(ctx: ReplaceContext, ref: TemplateRef, archives: dict[str, int]) -> bool:
     size = archives.get(template_volid(ctx.site, ref))
     if size is None:
         return False
@@ -227,7 +227,7 @@ def _uploaded(ctx: Context, ref: TemplateRef, archives: dict[str, int]) -> bool:
     return local is None or size == local.size
 
 
-def wait_for_own_tasks(ctx: Context) -> None:
+def wait_for_own_tasks(ctx: ReplaceContext) -> None:
     """After a crash, a task we started may still hold a lock: wait for it (bounded)."""
     def unlocked() -> bool:
         listed = {int(c["vmid"]) for c in ctx.px.containers()}
@@ -239,7 +239,7 @@ def wait_for_own_tasks(ctx: Context) -> None:
 # -- the loop --------------------------------------------------------------------------------
 
 
-def converge(ctx: Context, target: TemplateRef) -> None:
+def converge(ctx: ReplaceContext, target: TemplateRef) -> None:
     """Run steps until the container runs ``target``, seeded and gated."""
     for _ in range(2 * len(ACTIONS)):
         world = read_world(ctx, target)
@@ -262,7 +262,7 @@ def converge(ctx: Context, target: TemplateRef) -> None:
     raise PipelineError(f"replace did not converge after {2 * len(ACTIONS)} steps: {_summary(ctx, target)}")
 
 
-def _summary(ctx: Context, target: TemplateRef) -> str:
+def _summary(ctx: ReplaceContext, target: TemplateRef) -> str:
     try:
         return read_world(ctx, target).summary()
     except PipelineError as exc:
@@ -272,7 +272,7 @@ def _summary(ctx: Context, target: TemplateRef) -> str:
 # -- the steps -------------------------------------------------------------------------------
 
 
-def upload(ctx: Context, world: st.World, target: TemplateRef) -> None:
+def upload(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
     if ctx.local is None or ctx.local.ref != target:
         raise PipelineError(
             f"template {target.name} is not on storage {ctx.site.proxmox.template_storage} "
@@ -284,7 +284,7 @@ def upload(ctx: Context, world: st.World, target: TemplateRef) -> None:
     ctx.px.wait_task(upid, what=f"upload of {target.name}")
 
 
-def create_holder(ctx: Context, world: st.World, target: TemplateRef) -> None:
+def create_holder(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
     """A linked clone of the target's CT template when that is free (O(1), no dependency on
     the base); else created from the archive (a full extraction, once per site)."""
     c = ctx.site.container
@@ -304,7 +304,7 @@ def create_holder(ctx: Context, world: st.World, target: TemplateRef) -> None:
     ctx.px.wait_task(upid, what=f"create holder CT {ctx.holder_vmid}")
 
 
-def create_base(ctx: Context, world: st.World, target: TemplateRef) -> None:
+def create_base(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
     """The CT that becomes the target's CT template: the appliance's settings, never started."""
     vmid = world.base_vmid(target)
     if vmid is None:
@@ -317,13 +317,13 @@ def create_base(ctx: Context, world: st.World, target: TemplateRef) -> None:
     ctx.px.wait_task(upid, what=f"create CT {vmid} from {target.name}")
 
 
-def templatize(ctx: Context, world: st.World, target: TemplateRef) -> None:
+def templatize(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
     base = world.base_for(target)
     assert base is not None
     ctx.px.convert_to_template(base.vmid)
 
 
-def clone(ctx: Context, world: st.World, target: TemplateRef) -> None:
+def clone(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
     base = world.base_for(target)
     assert base is not None and base.is_template
     deployment = _new_deployment(ctx, target)
@@ -333,13 +333,13 @@ def clone(ctx: Context, world: st.World, target: TemplateRef) -> None:
     ctx.px.wait_task(upid, what=f"clone CT {ctx.vmid} from CT template {base.vmid}")
 
 
-def add_volume(ctx: Context, world: st.World, target: TemplateRef) -> None:
+def add_volume(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
     """First deploy on the clone path: a clone has no mp0 yet; this allocates a new one."""
     ctx.px.update_config(ctx.vmid, {st.CREDENTIALS_KEY: _new_volume(ctx)})
     ctx.journal.set("volume_created", True)
 
 
-def prune(ctx: Context, world: st.World, target: TemplateRef) -> None:
+def prune(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
     """Delete CT templates no deployment needs. One Proxmox refuses (a linked clone still uses
     its base, on zfs or rbd) is kept and named, never an error for the deploy."""
     for vmid in world.prunable():
@@ -349,7 +349,7 @@ def prune(ctx: Context, world: st.World, target: TemplateRef) -> None:
             console.print(f"kept CT template {vmid}: {exc.message.splitlines()[0]}", markup=False)
 
 
-def stop(ctx: Context, world: st.World, target: TemplateRef) -> None:
+def stop(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
     # Downtime runs from the first stop of the operation (a rollback stops a second time).
     if not ctx.journal.get("down_since") and serving(ctx.site.container.network.ip, ctx.ports):
         ctx.journal.set("down_since", time.time())
@@ -357,20 +357,20 @@ def stop(ctx: Context, world: st.World, target: TemplateRef) -> None:
     ctx.px.wait_task(upid, what=f"shutdown of CT {ctx.vmid}", timeout=SHUTDOWN_SECONDS + 60)
 
 
-def park(ctx: Context, world: st.World, target: TemplateRef) -> None:
+def park(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
     _move(ctx, ctx.vmid, ctx.holder_vmid)
 
 
-def unpark(ctx: Context, world: st.World, target: TemplateRef) -> None:
+def unpark(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
     _move(ctx, ctx.holder_vmid, ctx.vmid)
 
 
-def _move(ctx: Context, source: int, dest: int) -> None:
+def _move(ctx: ReplaceContext, source: int, dest: int) -> None:
     upid = ctx.px.move_volume(source, st.CREDENTIALS_KEY, dest)
     ctx.px.wait_task(upid, what=f"move of the credentials volume from CT {source} to CT {dest}")
 
 
-def delete(ctx: Context, world: st.World, target: TemplateRef) -> None:
+def delete(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
     # Re-read right before the DELETE: it frees every mpN/unusedN volume CT 457 owns.
     now = st.parse_ct(ctx.vmid, ctx.px.ct_config(ctx.vmid))
     if now.volume or now.other_volumes or now.mp0_elsewhere:
@@ -382,7 +382,7 @@ def delete(ctx: Context, world: st.World, target: TemplateRef) -> None:
     ctx.px.wait_task(upid, what=f"delete of CT {ctx.vmid}")
 
 
-def create(ctx: Context, world: st.World, target: TemplateRef) -> None:
+def create(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
     deployment = _new_deployment(ctx, target)
     params = {**_appliance_settings(ctx, target), "description": st.description(target, deployment)}
     if not world.holder.volume:  # first deploy: a new credentials volume
@@ -392,18 +392,18 @@ def create(ctx: Context, world: st.World, target: TemplateRef) -> None:
     ctx.journal.set("volume_created", True)
 
 
-def _new_deployment(ctx: Context, target: TemplateRef) -> str:
+def _new_deployment(ctx: ReplaceContext, target: TemplateRef) -> str:
     deployment = f"{ctx.site.name}-{target.sha256[:12]}-{int(time.time())}"
     ctx.journal.set("deployment", deployment)  # before the call: a kill mid-task still knows it
     return deployment
 
 
-def _new_volume(ctx: Context) -> str:
+def _new_volume(ctx: ReplaceContext) -> str:
     c = ctx.site.container
     return f"{ctx.site.proxmox.volume_storage}:{c.credentials_gib},mp={st.CREDENTIALS_MOUNT},backup=1"
 
 
-def _net0(ctx: Context) -> str:
+def _net0(ctx: ReplaceContext) -> str:
     """net0 as the site says, with the MAC the container had before (if any)."""
     n = ctx.site.container.network
     mac = ctx.journal.get("hwaddr")
@@ -411,7 +411,7 @@ def _net0(ctx: Context) -> str:
             + (f",hwaddr={mac}" if mac else ""))
 
 
-def _appliance_settings(ctx: Context, target: TemplateRef) -> dict[str, Any]:
+def _appliance_settings(ctx: ReplaceContext, target: TemplateRef) -> dict[str, Any]:
     """POST /lxc parameters for a container that runs (or is cloned to run) the appliance."""
     c, n = ctx.site.container, ctx.site.container.network
     params = {
@@ -423,7 +423,7 @@ def _appliance_settings(ctx: Context, target: TemplateRef) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
 
-def _common(ctx: Context, target: TemplateRef) -> dict[str, Any]:
+def _common(ctx: ReplaceContext, target: TemplateRef) -> dict[str, Any]:
     """Settings every container of ours gets: unprivileged, nesting (sysext needs it), pool."""
     return {
         "ostemplate": template_volid(ctx.site, target),
@@ -432,7 +432,7 @@ def _common(ctx: Context, target: TemplateRef) -> dict[str, Any]:
     }
 
 
-def start(ctx: Context, world: st.World, target: TemplateRef) -> None:
+def start(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
     mac = ctx.journal.get("hwaddr")
     if mac and world.ct.hwaddr != mac:  # a clone got a new MAC: clients' ARP caches know the old one
         ctx.px.update_config(ctx.vmid, {"net0": _net0(ctx)})
@@ -440,7 +440,7 @@ def start(ctx: Context, world: st.World, target: TemplateRef) -> None:
     ctx.px.wait_task(upid, what=f"start of CT {ctx.vmid}")
 
 
-def seed(ctx: Context, world: st.World, target: TemplateRef) -> None:
+def seed(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
     """A template that cannot be reached, seeded or brought to serve fails like the gate."""
     try:
         _seed(ctx, world.ct.deployment or "unknown")
@@ -450,7 +450,7 @@ def seed(ctx: Context, world: st.World, target: TemplateRef) -> None:
         raise GateFailed([f"seed delivery: {exc.message.splitlines()[0]}"]) from None
 
 
-def _ssh(ctx: Context, deployment: str) -> SSH:
+def _ssh(ctx: ReplaceContext, deployment: str) -> SSH:
     """Root on the container with the deploy key; the host key is pinned per deployment."""
     ssh = SSH(
         ctx.site.container.network.ip, ctx.state_dir / "deploy_key",
@@ -460,7 +460,7 @@ def _ssh(ctx: Context, deployment: str) -> SSH:
     return ssh
 
 
-def _seed(ctx: Context, deployment: str) -> None:
+def _seed(ctx: ReplaceContext, deployment: str) -> None:
     ssh = _ssh(ctx, deployment)
     ssh.wait_ready()
     rendered = render_seed(
@@ -475,12 +475,12 @@ def _seed(ctx: Context, deployment: str) -> None:
     ctx.journal.set("seeded", deployment)
 
 
-def _record_seed(ctx: Context, now: reseed.Fingerprint) -> None:
+def _record_seed(ctx: ReplaceContext, now: reseed.Fingerprint) -> None:
     ctx.journal.set("seed_digest", now.digest)
     ctx.journal.set("seed_files", now.files)
 
 
-def reseed_in_place(ctx: Context, world: st.World, target: TemplateRef) -> None:
+def reseed_in_place(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
     """Rewrite the seed in the running container, restart the units of changed files; the
     previous files stay in the container for ``restore``."""
     deployment = world.ct.deployment or "unknown"
@@ -500,7 +500,7 @@ def reseed_in_place(ctx: Context, world: st.World, target: TemplateRef) -> None:
     ctx.downtime["up_at"] = wait_serving(ctx.site.container.network.ip, ctx.ports, SERVE_TIMEOUT)
 
 
-def restore_seed(ctx: Context, world: st.World, target: TemplateRef) -> None:
+def restore_seed(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
     op = ctx.journal.op
     assert op is not None and op.get("reseeded")
     previous = op["reseeded"]
@@ -512,7 +512,7 @@ def restore_seed(ctx: Context, world: st.World, target: TemplateRef) -> None:
     ctx.downtime["up_at"] = wait_serving(ctx.site.container.network.ip, ctx.ports, SERVE_TIMEOUT)
 
 
-def stage(ctx: Context, world: st.World, target: TemplateRef) -> None:
+def stage(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
     current, wanted = layers_of(ctx, world.ct.template), layers_of(ctx, target)
     assert current and wanted and world.ct.deployment
     local = ctx.local if ctx.local and ctx.local.ref == target else None
@@ -521,7 +521,7 @@ def stage(ctx: Context, world: st.World, target: TemplateRef) -> None:
     ctx.journal.set("staged", f"{world.ct.deployment}:{target.sha256}")
 
 
-def switch(ctx: Context, world: st.World, target: TemplateRef) -> None:
+def switch(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
     """Swap in place, then record on Proxmox that the container runs the target."""
     current, wanted = layers_of(ctx, world.ct.template), layers_of(ctx, target)
     assert current and wanted and world.ct.deployment
@@ -537,7 +537,7 @@ def switch(ctx: Context, world: st.World, target: TemplateRef) -> None:
     ctx.downtime["up_at"] = wait_serving(ctx.site.container.network.ip, ctx.ports, SERVE_TIMEOUT)
 
 
-def gate(ctx: Context, world: st.World, target: TemplateRef) -> None:
+def gate(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
     failed = run_gate(ctx.site, ctx.suite, ctx.state_dir, world.ct.deployment or "unknown")
     if failed:
         raise GateFailed(failed)
@@ -545,7 +545,7 @@ def gate(ctx: Context, world: st.World, target: TemplateRef) -> None:
     _record(ctx, "deployed", target)
 
 
-def prune_uploads(ctx: Context, world: st.World, target: TemplateRef) -> None:
+def prune_uploads(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
     """Delete our archives no kept deployment needs. One the storage refuses (the token lacks
     Datastore.Allocate on it, say) is named and kept: never an error for the deploy."""
     storage = ctx.site.proxmox.template_storage

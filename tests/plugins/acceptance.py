@@ -21,7 +21,7 @@ from pipeline.config import REPO_ROOT, Site, load_site
 from pipeline.proxmox import Client
 from pipeline.replace.gate import failed_checks
 from pipeline.replace.ssh import SSH
-from pipeline.runner import run, tail
+from pipeline.runner import ANY_EXIT, run, tail
 
 LAB_SITE = REPO_ROOT / "sites" / "lab.yml"
 STANDIN = REPO_ROOT / "tests" / "fixtures" / "meridian-standin"
@@ -55,7 +55,7 @@ def acceptance(site: Path, marker: str, out: Path) -> list[str]:
     log.write_text("")
     proc = run([sys.executable, "-m", "pytest", str(REPO_ROOT / "acceptance"), "--site", str(site),
                 "-m", marker, f"--junitxml={junit}", "-p", "no:cacheprovider", "-q"],
-               env=_env(), cwd=REPO_ROOT, timeout=SUITE_TIMEOUT, check=range(256), log=log)
+               env=_env(), cwd=REPO_ROOT, timeout=SUITE_TIMEOUT, check=ANY_EXIT, log=log)
     failed = [name.split("::")[-1] for name in failed_checks(junit)] if junit.exists() else []
     if proc.returncode != 0 and not failed:
         raise AssertionError(f"acceptance exited {proc.returncode} without a failed check:\n"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build.context import DEFAULT_CACHE
-from pipeline.build.plan import build
+from pipeline.builder.context import DEFAULT_CACHE
+from pipeline.builder.orchestrate import build
 from pipeline.config import REPO_ROOT, load_site
 
 LAB_SITE = REPO_ROOT / "sites" / "lab.yml"

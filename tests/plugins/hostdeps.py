@@ -24,7 +24,7 @@ PACKAGE_LIST = REPO / "setup" / "apt-packages.txt"
 COMMAND = re.compile(r"[a-z][a-z0-9._+-]*")
 # Strings in command position that exist as host executables but are not run on the host.
 NOT_HOST_COMMANDS = {
-    "node": "the sysext layer named node (pipeline/build/layers.py); Node runs inside the CT",
+    "node": "the sysext layer named node (pipeline/builder/layers.py); Node runs inside the CT",
 }
 
 

@@ -20,9 +20,9 @@ import yaml
 from proxmoxer import ProxmoxAPI
 
 from lab.node import DEFAULT_STATE
-from lab.template import build_small_template
 from pipeline.runner import run
 from tests.plugins.pveapi import NODE
+from tests.plugins.smalltemplate import build_small_template
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,5 @@
-"""Build the lab's small Debian 12 test template (recipe: lab/data/small-template.yml).
+"""Build the small Debian 12 template the lab tests and benchmarks boot (recipe:
+tests/fixtures/small-template.yml). The appliance template is made by ``pipeline build``.
 
 Example::
 
@@ -13,7 +14,7 @@ import yaml
 
 from lab.process import run_command
 
-RECIPE = Path(__file__).parent / "data" / "small-template.yml"
+RECIPE = Path(__file__).parent.parent / "fixtures" / "small-template.yml"
 
 
 def build_small_template(out: Path, recipe: Path = RECIPE) -> Path:

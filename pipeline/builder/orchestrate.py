@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.build import base as base_layer
-from pipeline.build import litellm, meridian, node, template
-from pipeline.build.cache import Cache
-from pipeline.build.context import BuildContext, read_toml
-from pipeline.build.layers import Layer
+from pipeline.builder import appliance_template, litellm, meridian, node
+from pipeline.builder import base as base_layer
+from pipeline.builder.cache import Cache
+from pipeline.builder.context import BuildContext, read_toml
+from pipeline.builder.layers import Layer
 from pipeline.cloudinit import write_seed
 from pipeline.config import Site
 from pipeline.digest import file_sha256
@@ -58,7 +58,7 @@ def build(site: Site, out: Path, cache_root: Path, *, update_lock: bool = False)
             "litellm": litellm.build(ctx, base),
             "meridian": meridian.build(ctx, node_layer),
         }
-        tmpl = template.build(ctx, base, layers)
+        tmpl = appliance_template.build(ctx, base, layers)
         with step("export template and sysext images"):
             artifacts = export(ctx, tmpl, layers)
     with step("write cloud-init seed"):
@@ -70,7 +70,7 @@ def build(site: Site, out: Path, cache_root: Path, *, update_lock: bool = False)
     return doc
 
 
-def export(ctx: BuildContext, tmpl: template.Template, layers: dict[str, Layer]) -> list[dict]:
+def export(ctx: BuildContext, tmpl: appliance_template.BuiltTemplate, layers: dict[str, Layer]) -> list[dict]:
     """Place the template and the .raw images in ``out`` (hard links to the cache when it is
     on the same file system) and drop templates of earlier builds."""
     for old in ctx.out.glob(f"{tmpl.name}_*_amd64.tar.zst"):
@@ -98,7 +98,7 @@ def artifact(out: Path, kind: str, path: Path) -> dict:
     return {"kind": kind, "path": path.relative_to(out).as_posix(), "sha256": file_sha256(path)}
 
 
-def manifest(tmpl: template.Template, base: base_layer.Base, layers: dict[str, Layer],
+def manifest(tmpl: appliance_template.BuiltTemplate, base: base_layer.Base, layers: dict[str, Layer],
              artifacts: list[dict], restart: dict[str, list[str]]) -> dict:
     inside = tmpl.image_manifest
     return {

@@ -13,11 +13,11 @@ import os
 import shutil
 from pathlib import Path
 
-from pipeline.build.cache import Key
-from pipeline.build.context import BuildContext, read_toml
-from pipeline.build.fetch import npm_tarball
-from pipeline.build.layers import Layer, build_layer, layer_key
-from pipeline.build.node import node_binary, unpack_npm_tarball
+from pipeline.builder.cache import Key
+from pipeline.builder.context import BuildContext, read_toml
+from pipeline.builder.fetch import npm_tarball
+from pipeline.builder.layers import Layer, build_layer, layer_key
+from pipeline.builder.node import node_binary, unpack_npm_tarball
 from pipeline.errors import PipelineError
 from pipeline.progress import step
 from pipeline.runner import run

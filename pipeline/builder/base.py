@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.build.cache import Key
-from pipeline.build.context import BuildContext, read_toml
+from pipeline.builder.cache import Key
+from pipeline.builder.context import BuildContext, read_toml
 from pipeline.progress import Skip, step
 from pipeline.runner import run
 

@@ -9,11 +9,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.build.base import Base, debian_packages
-from pipeline.build.cache import Key
-from pipeline.build.context import BuildContext, read_toml
-from pipeline.build.layers import Layer
-from pipeline.build.rules import check_template
+from pipeline.builder.base import Base, debian_packages
+from pipeline.builder.cache import Key
+from pipeline.builder.context import BuildContext, read_toml
+from pipeline.builder.layers import Layer
+from pipeline.builder.rules import check_template
 from pipeline.progress import Skip, step
 from pipeline.runner import run
 
@@ -26,7 +26,7 @@ ZSTD_LEVEL = "-9"
 
 
 @dataclass(frozen=True)
-class Template:
+class BuiltTemplate:
     name: str
     version: str
     key: str
@@ -63,11 +63,11 @@ def template_key(ctx: BuildContext, base: Base, layers: dict[str, Layer]) -> str
     return key.hexdigest()
 
 
-def build(ctx: BuildContext, base: Base, layers: dict[str, Layer]) -> Template:
+def build(ctx: BuildContext, base: Base, layers: dict[str, Layer]) -> BuiltTemplate:
     key = template_key(ctx, base, layers)
     version = f"{layers['meridian'].versions['meridian']}-{key[:10]}"
     cached = ctx.cache.has("templates", ctx.site.image.name, key)
-    template = Template(ctx.site.image.name, version, key,
+    template = BuiltTemplate(ctx.site.image.name, version, key,
                         ctx.cache.entry("templates", ctx.site.image.name, key), rebuilt=not cached)
     with step("make template"):
         if cached:
@@ -83,7 +83,7 @@ def build(ctx: BuildContext, base: Base, layers: dict[str, Layer]) -> Template:
     return template
 
 
-def image_manifest(template: Template, system: str, base: Base, layers: dict[str, Layer]) -> dict:
+def image_manifest(template: BuiltTemplate, system: str, base: Base, layers: dict[str, Layer]) -> dict:
     """What is inside: shipped as /etc/meridian-appliance/manifest.json."""
     components: dict[str, str] = {}
     for layer in layers.values():

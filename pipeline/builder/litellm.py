@@ -16,9 +16,9 @@ import re
 import shutil
 from pathlib import Path
 
-from pipeline.build.base import Base
-from pipeline.build.context import BuildContext, read_toml
-from pipeline.build.layers import Layer, build_layer, layer_key
+from pipeline.builder.base import Base
+from pipeline.builder.context import BuildContext, read_toml
+from pipeline.builder.layers import Layer, build_layer, layer_key
 from pipeline.errors import PipelineError
 from pipeline.progress import step
 from pipeline.runner import run

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.build.cache import Key
-from pipeline.build.context import BuildContext, read_toml
+from pipeline.builder.cache import Key
+from pipeline.builder.context import BuildContext, read_toml
 from pipeline.progress import Skip, step
 from pipeline.runner import run
 

@@ -7,9 +7,9 @@ import os
 import shutil
 from pathlib import Path
 
-from pipeline.build.context import BuildContext, read_toml
-from pipeline.build.fetch import npm_tarball
-from pipeline.build.layers import Layer, build_layer, layer_key
+from pipeline.builder.context import BuildContext, read_toml
+from pipeline.builder.fetch import npm_tarball
+from pipeline.builder.layers import Layer, build_layer, layer_key
 from pipeline.errors import PipelineError
 from pipeline.runner import run
 

@@ -6,8 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from pipeline.build.context import DEFAULT_CACHE
-from pipeline.build.plan import build
+from pipeline.builder.context import DEFAULT_CACHE
+from pipeline.builder.orchestrate import build
 from pipeline.config import load_site
 from pipeline.errors import PipelineError
 from pipeline.progress import console
@@ -22,7 +22,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="resolve Meridian's npm tree anew and write image.meridian.lockfile")
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         raise PipelineError("the build needs root (mmdebstrap, systemd-nspawn, file ownership)",
                             hint="run it with sudo")

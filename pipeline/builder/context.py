@@ -6,7 +6,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.build.cache import Cache
+from pipeline.builder.cache import Cache
 from pipeline.config import REPO_ROOT, Site
 
 DEFAULT_CACHE = Path("/var/cache/meridian-pipeline")
