@@ -26,8 +26,15 @@ import paramiko
 import pytest
 import testinfra
 
-from acceptance.contract import DEFAULT_MODELS, MANIFEST, MASTER_KEY_ENV, UNITS
 from pipeline.config import Services, Site, load_site
+from pipeline.contract import (
+    DEFAULT_MODELS,
+    DEPLOYED_MANIFEST,
+    MASTER_KEY_ENV,
+    UNITS,
+    ImageManifest,
+    parse_image_manifest,
+)
 from pipeline.errors import PipelineError
 from pipeline.replace.ssh import latest_known_hosts
 
@@ -276,9 +283,9 @@ def claude_status(host: testinfra.host.Host) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="session")
-def manifest(host: testinfra.host.Host) -> dict:
-    """The deployed manifest (contract.MANIFEST)."""
-    return json.loads(host.check_output(f"cat {MANIFEST}"))
+def manifest(host: testinfra.host.Host) -> ImageManifest:
+    """The deployed manifest (pipeline.contract.DEPLOYED_MANIFEST), read strictly."""
+    return parse_image_manifest(host.check_output(f"cat {DEPLOYED_MANIFEST}"), DEPLOYED_MANIFEST)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import shlex
 
 import pytest
 
-from acceptance.contract import (
+from pipeline.contract import (
     CREDENTIALS_DIR,
     CREDENTIALS_FILE,
     HARDENED_UNITS,

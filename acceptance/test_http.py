@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from acceptance.contract import CREDENTIALS_FILE
+from pipeline.contract import CREDENTIALS_FILE
 
 pytestmark = pytest.mark.image
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from acceptance.contract import CREDENTIALS_DIR, LAYERS, MASTER_KEY_ENV, UNITS, USERS
+from pipeline.contract import CREDENTIALS_DIR, LAYER_NAMES, MASTER_KEY_ENV, UNITS, USERS
 
 pytestmark = pytest.mark.image
 
@@ -34,18 +34,18 @@ def test_litellm_wants_meridian_without_requiring_it(host):
     assert UNITS["meridian"] not in props["Requires"].split()
 
 
-@pytest.mark.parametrize("layer", LAYERS)
+@pytest.mark.parametrize("layer", LAYER_NAMES)
 def test_sysext_merged(host, layer):
     status = json.loads(host.check_output("systemd-sysext status --json=short"))
     merged = {ext for h in status if isinstance(h["extensions"], list) for ext in h["extensions"]}
     assert layer in merged
 
 
-@pytest.mark.parametrize("layer", LAYERS)
+@pytest.mark.parametrize("layer", LAYER_NAMES)
 def test_sysext_version_matches_manifest(host, manifest, layer):
     release = host.file(f"/usr/lib/extension-release.d/extension-release.{layer}").content_string
     fields = dict(line.split("=", 1) for line in release.splitlines() if "=" in line)
-    assert fields.get("SYSEXT_VERSION_ID", "").strip('"') == manifest["components"][layer]
+    assert fields.get("SYSEXT_VERSION_ID", "").strip('"') == manifest.components[layer]
 
 
 @pytest.mark.parametrize(("name", "uid", "home"), USERS, ids=[u[0] for u in USERS])

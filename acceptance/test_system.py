@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from acceptance.contract import MASTER_KEY_ENV
+from pipeline.contract import MASTER_KEY_ENV
 
 pytestmark = pytest.mark.image
 

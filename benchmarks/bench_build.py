@@ -9,7 +9,6 @@ Run as root (like the build). The cold build downloads everything again (Debian,
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tarfile
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from pipeline.builder.orchestrate import build
 from pipeline.config import REPO_ROOT, load_site
+from pipeline.contract import BUILD_MANIFEST, BuildManifest, read_build_manifest
 from pipeline.digest import file_sha256
 from pipeline.progress import timeline
 from pipeline.runner import run
@@ -26,7 +26,7 @@ from pipeline.runner import run
 MIB = 1024 * 1024
 
 
-def timed_build(site_file: Path, out: Path, cache: Path) -> tuple[float, list, dict]:
+def timed_build(site_file: Path, out: Path, cache: Path) -> tuple[float, list, BuildManifest]:
     timeline.steps.clear()
     start = time.monotonic()
     doc = build(load_site(site_file), out, cache)
@@ -68,17 +68,17 @@ def main() -> int:
     return 0
 
 
-def report_sizes(doc: dict, out: Path, cache: Path, work: Path) -> None:
-    template = out / doc["template"]["file"]
+def report_sizes(doc: BuildManifest, out: Path, cache: Path, work: Path) -> None:
+    template = out / doc.template.file
     print("sizes (compressed / unpacked):")
     print(f"  template {template.name}: {template.stat().st_size / MIB:.0f} MiB / "
           f"{unpacked_template_bytes(template, work) / MIB:.0f} MiB")
-    reference = REPO_ROOT / "build" / "lab" / "manifest.json"
-    earlier = json.loads(reference.read_text()) if reference.exists() else {"artifacts": []}
-    earlier_hashes = {a["path"]: a["sha256"] for a in earlier["artifacts"]}
-    for name, layer in doc["layers"].items():
+    reference = REPO_ROOT / "build" / "lab" / BUILD_MANIFEST
+    earlier = read_build_manifest(reference).artifacts if reference.exists() else ()
+    earlier_hashes = {a.path: a.sha256 for a in earlier}
+    for name, layer in doc.layers.items():
         raw = out / "sysext" / f"{name}.raw"
-        tree = cache / "layers" / name / layer["key"] / "tree"
+        tree = cache / "layers" / name / layer.key / "tree"
         same = earlier_hashes.get(f"sysext/{name}.raw")
         repro = "" if same is None else \
             f"  (same bytes as build/lab: {'yes' if same == file_sha256(raw) else 'no'})"

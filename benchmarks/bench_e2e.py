@@ -10,7 +10,6 @@ CT 457 of the lab site and deploys it twice; the cold cache is a scratch folder 
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -21,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+from pipeline.contract import BUILD_MANIFEST, BuildManifest, read_build_manifest
 from tests.plugins.acceptance import (
     LAB_SITE,
     acceptance,
@@ -43,19 +43,18 @@ def timed(action: Callable[[], T]) -> tuple[float, T]:
     return time.monotonic() - start, result
 
 
-def build(site: Path, out: Path, cache: Path, *extra: str) -> dict:
+def build(site: Path, out: Path, cache: Path, *extra: str) -> BuildManifest:
     pipeline_cli(["build", "--site", str(site), "--out", str(out), "--cache", str(cache), *extra],
                  log=out.with_suffix(".log"))
-    return json.loads((out / "manifest.json").read_text())
+    return read_build_manifest(out / BUILD_MANIFEST)
 
 
-def template_size(out: Path, doc: dict) -> int:
-    (template,) = [a for a in doc["artifacts"] if a["kind"] == "template"]
-    return (out / template["path"]).stat().st_size
+def template_size(out: Path, doc: BuildManifest) -> int:
+    return (out / doc.template.file).stat().st_size
 
 
-def rebuilt(doc: dict) -> str:
-    return ", ".join(name for name, layer in doc["layers"].items() if layer["rebuilt"]) or "none"
+def rebuilt(doc: BuildManifest) -> str:
+    return ", ".join(name for name, layer in doc.layers.items() if layer.rebuilt) or "none"
 
 
 @contextmanager

@@ -72,13 +72,18 @@ def _convert(tp: Any, value: Any, *, where: str, path: str, base: Path | None) -
             choices = ", ".join(repr(a) for a in get_args(tp))
             raise ConfigError(f"{where}: {path}: {_show(value)} is not one of {choices}")
         return value
-    if origin is list:
+    if origin in (list, tuple):  # list[T] and tuple[T, ...] both load as a tuple
         if not isinstance(value, list):
             raise ConfigError(f"{where}: {path}: expected a list, got {_show(value)}")
-        (item,) = get_args(tp)
+        item = get_args(tp)[0]
         return tuple(
             _convert(item, v, where=where, path=f"{path}.{i}", base=base) for i, v in enumerate(value)
         )
+    if origin is dict:  # dict[str, T]: any names, each value checked
+        if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
+            raise ConfigError(f"{where}: {path}: expected a mapping with names as keys, got {_show(value)}")
+        item = get_args(tp)[1]
+        return {k: _convert(item, v, where=where, path=f"{path}.{k}", base=base) for k, v in value.items()}
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return load(tp, value, where=where, path=path, base=base)
     return _scalar(tp, value, where=where, path=path, base=base)

@@ -3,7 +3,6 @@ second build with nothing changed reuses every cached result."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.builder.context import DEFAULT_CACHE
-from pipeline.builder.layers import LAYER_NAMES
 from pipeline.builder.orchestrate import build
 from pipeline.config import REPO_ROOT, load_site
+from pipeline.contract import LAYER_NAMES, read_build_manifest
 from pipeline.digest import file_sha256
 from pipeline.runner import run
 from tests.plugins.build import LAB_SITE
@@ -37,30 +36,30 @@ def members(lab_build, tmp_path_factory) -> dict[str, tarfile.TarInfo]:
 
 def test_manifest_lists_every_artifact_with_its_hash(lab_build):
     doc = lab_build.manifest
-    assert doc == json.loads((lab_build.out_dir / "manifest.json").read_text())
-    kinds = sorted(a["kind"] for a in doc["artifacts"])
+    assert doc == read_build_manifest(lab_build.out_dir / "manifest.json")
+    kinds = sorted(a.kind for a in doc.artifacts)
     assert kinds.count("template") == 1 and kinds.count("sysext") == 3 and "seed" in kinds
-    for item in doc["artifacts"]:
-        path = lab_build.out_dir / item["path"]
-        assert not Path(item["path"]).is_absolute()
-        assert file_sha256(path) == item["sha256"], item["path"]
+    for item in doc.artifacts:
+        path = lab_build.out_dir / item.path
+        assert not Path(item.path).is_absolute()
+        assert file_sha256(path) == item.sha256, item.path
     assert {p.name for p in lab_build.artifacts("sysext")} == {f"{n}.raw" for n in LAYER_NAMES}
     assert {p.name for p in lab_build.artifacts("seed")} >= {"user-data", "meta-data"}
 
 
 def test_manifest_names_components_layers_and_packages(lab_build):
     doc = lab_build.manifest
-    assert set(doc["components"]) == {"node", "meridian", "claude-code", "litellm"}
-    assert doc["components"]["node"].startswith("22.")
-    assert doc["components"]["litellm"] == "1.108.7"
-    assert set(doc["layers"]) == set(LAYER_NAMES)
-    assert all(len(layer["key"]) == 64 and isinstance(layer["rebuilt"], bool)
-               for layer in doc["layers"].values())
-    names = {p.split("=")[0] for p in doc["debian_packages"]}
+    assert set(doc.components) == {"node", "meridian", "claude-code", "litellm"}
+    assert doc.components["node"].startswith("22.")
+    assert doc.components["litellm"] == "1.108.7"
+    assert set(doc.layers) == set(LAYER_NAMES)
+    assert all(len(layer.key) == 64 and isinstance(layer.rebuilt, bool)
+               for layer in doc.layers.values())
+    names = {p.split("=")[0] for p in doc.debian_packages}
     assert {"systemd", "cloud-init", "openssh-server", "ifupdown", "prometheus-node-exporter",
             "python3"} <= names
-    template = doc["template"]
-    assert template["file"] == f"{template['name']}_{template['version']}_amd64.tar.zst"
+    template = doc.template
+    assert template.file == f"{template.name}_{template.version}_amd64.tar.zst"
 
 
 def test_template_ships_no_per_container_identity(members):
@@ -97,10 +96,10 @@ def test_raw_images_carry_their_release_file(lab_build, name):
 
 def test_rebuild_with_nothing_changed_reuses_everything(lab_build):
     again = build(load_site(LAB_SITE), lab_build.out_dir, DEFAULT_CACHE)
-    assert not again["base"]["rebuilt"] and not again["template"]["rebuilt"]
-    assert [n for n, layer in again["layers"].items() if layer["rebuilt"]] == []
-    assert again["template"]["file"] == lab_build.manifest["template"]["file"]
-    assert again["artifacts"][0] == lab_build.manifest["artifacts"][0]
+    assert not again.base.rebuilt and not again.template.rebuilt
+    assert [n for n, layer in again.layers.items() if layer.rebuilt] == []
+    assert again.template.file == lab_build.manifest.template.file
+    assert again.artifacts[0] == lab_build.manifest.artifacts[0]
 
 
 def test_cli_reports_a_missing_lockfile_without_traceback(tmp_path):

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from lab import lxc
-from pipeline.builder.layers import LAYER_NAMES
 from pipeline.builder.rules import template_violations
+from pipeline.contract import DEPLOYED_MANIFEST, LAYER_NAMES, parse_image_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -138,13 +138,13 @@ def test_node_exporter_serves_metrics_on_the_lab_address(booted):
 
 def test_deployed_manifest_matches_the_build(booted, lab_build):
     ct, _ = booted
-    inside = json.loads(sh(ct, "cat /etc/meridian-appliance/manifest.json"))
-    assert inside["components"]["node"] == lab_build.manifest["components"]["node"]
-    assert inside["template"]["version"] == lab_build.manifest["template"]["version"]
+    inside = parse_image_manifest(sh(ct, f"cat {DEPLOYED_MANIFEST}"), DEPLOYED_MANIFEST)
+    assert inside.components["node"] == lab_build.manifest.components["node"]
+    assert inside.template.version == lab_build.manifest.template.version
     for name in LAYER_NAMES:
-        assert inside["layers"][name] == lab_build.manifest["layers"][name]["key"]
-    assert inside == lab_build.manifest["image_manifest"]  # what an extension swap writes
-    assert inside["system"] == lab_build.manifest["system"]
+        assert inside.layers[name] == lab_build.manifest.layers[name].key
+    assert inside == lab_build.manifest.image_manifest  # what an extension swap writes
+    assert inside.system == lab_build.manifest.system
 
 
 def test_ssh_host_keys_are_made_at_first_boot_not_shipped(booted):

@@ -4,12 +4,18 @@ tiers around the OAuth login, bump one pinned version (the Meridian stand-in's),
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import httpx
 import pytest
 
+from pipeline.contract import (
+    BUILD_MANIFEST,
+    CREDENTIALS_FILE,
+    DEPLOYED_MANIFEST,
+    parse_image_manifest,
+    read_build_manifest,
+)
 from tests.plugins.acceptance import (
     LAB_SITE,
     acceptance,
@@ -22,13 +28,6 @@ from tests.plugins.acceptance import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-CREDENTIALS = "/var/lib/meridian/.claude/.credentials.json"
-
-
-def manifest(out: Path) -> dict:
-    return json.loads((out / "manifest.json").read_text())
-
 
 def test_build_deploy_login_upgrade(lab_build, lab_server, tmp_path: Path):
     remove_lab_ct(LAB_SITE)
@@ -44,18 +43,18 @@ def test_build_deploy_login_upgrade(lab_build, lab_server, tmp_path: Path):
 
     lab.fake_login()
     assert acceptance(LAB_SITE, "oauth", tmp_path / "oauth-1") == []
-    credentials = lab.root(f"sha256sum {CREDENTIALS}").split()[0]
+    credentials = lab.root(f"sha256sum {CREDENTIALS_FILE}").split()[0]
 
     version = bumped_version()
     site = bumped_site(tmp_path, version)
     out = tmp_path / "build-bumped"
     pipeline_cli(["build", "--site", str(site), "--out", str(out), "--update-lock"],
                  log=tmp_path / "build-bumped.log")
-    before, after = lab_build.manifest, manifest(out)
-    assert {name: layer["rebuilt"] for name, layer in after["layers"].items()} == {
+    before, after = lab_build.manifest, read_build_manifest(out / BUILD_MANIFEST)
+    assert {name: layer.rebuilt for name, layer in after.layers.items()} == {
         "node": False, "meridian": True, "litellm": False}
-    assert after["base"]["rebuilt"] is False
-    changed = {name for name in after["layers"] if after["layers"][name]["key"] != before["layers"][name]["key"]}
+    assert after.base.rebuilt is False
+    changed = {name for name in after.layers if after.layers[name].key != before.layers[name].key}
     assert changed == {"meridian"}
 
     second = replace_ct(site, out, _mk(tmp_path / "deploy-2"))
@@ -66,9 +65,9 @@ def test_build_deploy_login_upgrade(lab_build, lab_server, tmp_path: Path):
     assert acceptance(site, "oauth", tmp_path / "oauth-2") == []
 
     lab = lab_ssh(site, tmp_path / "known_hosts-2")
-    assert lab.root(f"sha256sum {CREDENTIALS}").split()[0] == credentials
-    deployed = json.loads(lab.root("cat /etc/meridian-appliance/manifest.json"))
-    assert deployed["components"]["meridian"] == version
+    assert lab.root(f"sha256sum {CREDENTIALS_FILE}").split()[0] == credentials
+    deployed = parse_image_manifest(lab.root(f"cat {DEPLOYED_MANIFEST}"), DEPLOYED_MANIFEST)
+    assert deployed.components["meridian"] == version
 
 
 def _mk(path: Path) -> Path:

@@ -27,6 +27,13 @@ import pytest
 import yaml
 
 from pipeline.config import REPO_ROOT, load_site
+from pipeline.contract import (
+    BUILD_MANIFEST,
+    DEPLOYED_MANIFEST,
+    ImageManifest,
+    parse_image_manifest,
+    read_build_manifest,
+)
 from pipeline.proxmox import Client
 from pipeline.replace.ssh import SSH
 from pipeline.replace.state import CT, parse_ct
@@ -101,8 +108,8 @@ class Lab:
     def pid(self, unit: str) -> str:
         return self.root(f"systemctl show -p MainPID --value {unit}").strip()
 
-    def manifest(self) -> dict:
-        return json.loads(self.root("cat /etc/meridian-appliance/manifest.json"))
+    def manifest(self) -> ImageManifest:
+        return parse_image_manifest(self.root(f"cat {DEPLOYED_MANIFEST}"), DEPLOYED_MANIFEST)
 
     def models_served(self, key: str | None = None) -> httpx.Response:
         return httpx.get(f"http://{ADDRESS}:4000/v1/models", timeout=10,
@@ -139,8 +146,8 @@ def ref(lab: Lab, name: str):
     return resolve(lab.builds[name]).ref
 
 
-def image_manifest(lab: Lab, name: str) -> dict:
-    return json.loads((lab.builds[name] / "manifest.json").read_text())["image_manifest"]
+def image_manifest(lab: Lab, name: str) -> ImageManifest:
+    return read_build_manifest(lab.builds[name] / BUILD_MANIFEST).image_manifest
 
 
 def merged_digest(lab: Lab) -> str:

@@ -13,15 +13,13 @@ from pipeline.cloudinit.deliver import service_files
 from pipeline.cloudinit.render import render_seed
 from pipeline.config import REPO_ROOT, load_site
 from pipeline.replace import reseed, swap
+from tests.plugins.manifests import RESTART, image_manifest
 
 LAB = load_site(REPO_ROOT / "sites" / "lab.yml")
-RESTART = {"node": ["meridian.service"], "meridian": ["meridian.service"], "litellm": ["litellm.service"]}
-
 
 def layers(**keys: str) -> swap.Layers:
     full = {"node": "n" * 64, "meridian": "m" * 64, "litellm": "l" * 64, **keys}
-    return swap.Layers(system="s" * 64, keys=full, restart=RESTART,
-                       image_manifest={"layers": full, "components": {}})
+    return swap.Layers(system="s" * 64, keys=full, restart=RESTART, image_manifest=image_manifest(full))
 
 
 def test_only_changed_layers_and_their_units() -> None:

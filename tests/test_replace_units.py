@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import pytest
 
 from pipeline.config import REPO_ROOT, load_site
+from pipeline.contract import manifest_json, write_manifest
 from pipeline.digest import file_sha256
 from pipeline.errors import PipelineError
 from pipeline.proxmox import ProxmoxError
@@ -20,6 +20,7 @@ from pipeline.replace.journal import Journal, locked
 from pipeline.replace.state import CT, MARKER_TAG, ROLE_TEMPLATE, World, description, parse_ct
 from pipeline.replace.steps import ReplaceContext, kept_templates, stale_uploads, template_volid
 from pipeline.replace.template_file import TemplateRef
+from tests.plugins.manifests import build_manifest
 
 OLD = TemplateRef("old.tar.zst", "a" * 64)
 NEW = TemplateRef("new.tar.zst", "b" * 64)
@@ -73,7 +74,8 @@ def test_lock_refuses_a_second_run_and_names_the_holder(tmp_path: Path) -> None:
 
 def test_template_from_build_dir_is_named_after_its_content(tmp_path: Path) -> None:
     (tmp_path / "meridian_1.0_amd64.tar.zst").write_bytes(b"x" * 10)
-    (tmp_path / "manifest.json").write_text(json.dumps({"template": "meridian_1.0_amd64.tar.zst"}))
+    sha = file_sha256(tmp_path / "meridian_1.0_amd64.tar.zst")
+    write_manifest(build_manifest("meridian_1.0_amd64.tar.zst", sha), tmp_path / "manifest.json")
     found = template_file.resolve(tmp_path)
     assert found.ref.sha256 == file_sha256(tmp_path / "meridian_1.0_amd64.tar.zst")
     assert found.ref.name == f"meridian_1.0_amd64-{found.ref.sha256[:12]}.tar.zst" and found.size == 10
@@ -81,10 +83,7 @@ def test_template_from_build_dir_is_named_after_its_content(tmp_path: Path) -> N
 
 def test_template_changed_after_the_build_is_refused(tmp_path: Path) -> None:
     (tmp_path / "m_1_amd64.tar.zst").write_bytes(b"rebuilt by hand")
-    (tmp_path / "manifest.json").write_text(json.dumps({
-        "template": {"file": "m_1_amd64.tar.zst"},
-        "artifacts": [{"kind": "template", "path": "m_1_amd64.tar.zst", "sha256": "0" * 64}],
-    }))
+    write_manifest(build_manifest("m_1_amd64.tar.zst", "0" * 64), tmp_path / "manifest.json")
     with pytest.raises(PipelineError, match=r"m_1_amd64\.tar\.zst: sha256 .* differs from 000000000000"):
         template_file.resolve(tmp_path)
 
@@ -96,8 +95,10 @@ def test_template_changed_after_the_build_is_refused(tmp_path: Path) -> None:
         pytest.param({"t.tar.gz": "x"}, "t.tar.gz", "not a .tar.zst file", id="wrong-suffix"),
         pytest.param({}, ".", "cannot read {d}/manifest.json", id="no-manifest"),
         pytest.param({"manifest.json": "{"}, ".", "{d}/manifest.json: not valid JSON", id="bad-json"),
-        pytest.param({"manifest.json": '{"template": "gone.tar.zst"}'}, ".",
+        pytest.param({"manifest.json": manifest_json(build_manifest("gone.tar.zst", "0" * 64))}, ".",
                      "template 'gone.tar.zst' is not in {d}", id="manifest-names-missing-file"),
+        pytest.param({"manifest.json": '{"template": "gone.tar.zst"}'}, ".",
+                     "{d}/manifest.json: template: expected a mapping", id="manifest-of-another-shape"),
     ],
 )
 def test_template_errors(tmp_path: Path, files: dict[str, str], given: str, message: str) -> None:

@@ -4,7 +4,6 @@ packed the way Proxmox extracts it, validated, and compressed."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,13 +13,17 @@ from pipeline.builder.cache import Key
 from pipeline.builder.context import BuildContext, read_toml
 from pipeline.builder.layers import Layer
 from pipeline.builder.rules import check_template
+from pipeline.contract import (
+    DEPLOYED_MANIFEST,
+    EXTENSIONS_DIR,
+    ImageManifest,
+    TemplateId,
+    parse_image_manifest,
+    write_manifest,
+)
 from pipeline.progress import Skip, step
 from pipeline.runner import run
 
-# In /etc, not /usr: an in-place extension swap (replace-ct) rewrites it, and the merged /usr
-# must stay exactly what the base and the extensions hold.
-MANIFEST_IN_IMAGE = "etc/meridian-appliance/manifest.json"
-EXTENSIONS_DIR = "var/lib/extensions"
 # zstd level: about as small as -19 for this content at a fraction of the time on 2 cores.
 ZSTD_LEVEL = "-9"
 
@@ -42,8 +45,9 @@ class BuiltTemplate:
         return self.entry / self.filename
 
     @property
-    def image_manifest(self) -> dict:
-        return json.loads((self.entry / "manifest.json").read_text())
+    def image_manifest(self) -> ImageManifest:
+        path = self.entry / "manifest.json"
+        return parse_image_manifest(path.read_text(), str(path))
 
 
 def system_key(ctx: BuildContext, base: Base) -> str:
@@ -77,27 +81,27 @@ def build(ctx: BuildContext, base: Base, layers: dict[str, Layer]) -> BuiltTempl
             doc = image_manifest(template, system_key(ctx, base), base, layers)
             assemble(ctx, base, layers, rootfs, doc)
             pack(ctx, rootfs, scratch / template.filename)
-            (scratch / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n")
+            write_manifest(doc, scratch / "manifest.json")
             shutil.rmtree(rootfs)
         ctx.cache.prune("templates", template.name)
     return template
 
 
-def image_manifest(template: BuiltTemplate, system: str, base: Base, layers: dict[str, Layer]) -> dict:
-    """What is inside: shipped as /etc/meridian-appliance/manifest.json."""
+def image_manifest(template: BuiltTemplate, system: str, base: Base, layers: dict[str, Layer]) -> ImageManifest:
+    """What is inside: shipped as DEPLOYED_MANIFEST."""
     components: dict[str, str] = {}
     for layer in layers.values():
         components |= layer.versions
-    return {
-        "template": {"name": template.name, "version": template.version},
-        "system": system,
-        "components": components,
-        "layers": {name: layer.key for name, layer in sorted(layers.items())},
-        "debian_packages": debian_packages(base.rootfs),
-    }
+    return ImageManifest(
+        template=TemplateId(name=template.name, version=template.version),
+        system=system,
+        components=components,
+        layers={name: layer.key for name, layer in sorted(layers.items())},
+        debian_packages=tuple(debian_packages(base.rootfs)),
+    )
 
 
-def assemble(ctx: BuildContext, base: Base, layers: dict[str, Layer], rootfs: Path, doc: dict) -> None:
+def assemble(ctx: BuildContext, base: Base, layers: dict[str, Layer], rootfs: Path, doc: ImageManifest) -> None:
     log = ctx.log("template")
     with step("copy base"):
         shutil.rmtree(rootfs, ignore_errors=True)
@@ -114,13 +118,12 @@ def assemble(ctx: BuildContext, base: Base, layers: dict[str, Layer], rootfs: Pa
         run(["systemctl", f"--root={rootfs}", "mask", *units["mask"]], log=log)
         remove_per_container_files(ctx, rootfs)
     with step("add extensions"):
-        (rootfs / EXTENSIONS_DIR).mkdir(parents=True, exist_ok=True)
+        extensions = rootfs / EXTENSIONS_DIR.lstrip("/")
+        extensions.mkdir(parents=True, exist_ok=True)
         for name, layer in sorted(layers.items()):
             # Hard links: the cached tree is never modified, and copying it costs seconds.
-            run(["cp", "-al", layer.tree, rootfs / EXTENSIONS_DIR / name], log=log)
-        target = rootfs / MANIFEST_IN_IMAGE
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(doc, indent=2) + "\n")
+            run(["cp", "-al", layer.tree, extensions / name], log=log)
+        write_manifest(doc, rootfs / DEPLOYED_MANIFEST.lstrip("/"))
 
 
 def remove_per_container_files(ctx: BuildContext, rootfs: Path) -> None:

@@ -28,8 +28,8 @@ def main(args: argparse.Namespace) -> int:
                             hint="run it with sudo")
     site = load_site(args.site)
     doc = build(site, args.out.resolve(), args.cache.resolve(), update_lock=args.update_lock)
-    rebuilt = [name for name, layer in doc["layers"].items() if layer["rebuilt"]]
-    console.print(f"template: {args.out / doc['template']['file']}")
-    console.print("components: " + ", ".join(f"{k} {v}" for k, v in doc["components"].items()))
+    rebuilt = [name for name, layer in doc.layers.items() if layer.rebuilt]
+    console.print(f"template: {args.out / doc.template.file}")
+    console.print("components: " + ", ".join(f"{k} {v}" for k, v in doc.components.items()))
     console.print(f"layers rebuilt: {', '.join(rebuilt) or 'none (all cached)'}")
     return 0

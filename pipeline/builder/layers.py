@@ -14,7 +14,6 @@ from pipeline.builder.context import BuildContext, read_toml
 from pipeline.progress import Skip, step
 from pipeline.runner import run
 
-LAYER_NAMES = ("node", "meridian", "litellm")
 RELEASE_DIR = "usr/lib/extension-release.d"
 
 # Fills the given (empty) tree and returns the component versions it installed.

@@ -7,13 +7,13 @@ not change, so a rebuild with nothing changed takes seconds. Example::
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 from pipeline.builder import appliance_template, litellm, meridian, node
 from pipeline.builder import base as base_layer
@@ -22,6 +22,15 @@ from pipeline.builder.context import BuildContext, read_toml
 from pipeline.builder.layers import Layer
 from pipeline.cloudinit import write_seed
 from pipeline.config import Site
+from pipeline.contract import (
+    BUILD_MANIFEST,
+    LAYER_NAMES,
+    Artifact,
+    BuildManifest,
+    BuiltTemplateInfo,
+    CacheEntry,
+    write_manifest,
+)
 from pipeline.digest import file_sha256
 from pipeline.errors import PipelineError
 from pipeline.progress import step
@@ -40,7 +49,7 @@ TOOLS = {
 CACHE_LOCK_WAIT = 3600  # seconds; another build on the same cache may be running
 
 
-def build(site: Site, out: Path, cache_root: Path, *, update_lock: bool = False) -> dict:
+def build(site: Site, out: Path, cache_root: Path, *, update_lock: bool = False) -> BuildManifest:
     """Build everything for ``site`` into ``out``; returns the manifest written there."""
     ctx = BuildContext(site=site, out=out, cache=Cache(cache_root))
     with step("check tools and inputs"):
@@ -58,6 +67,7 @@ def build(site: Site, out: Path, cache_root: Path, *, update_lock: bool = False)
             "litellm": litellm.build(ctx, base),
             "meridian": meridian.build(ctx, node_layer),
         }
+        assert tuple(sorted(layers)) == LAYER_NAMES
         tmpl = appliance_template.build(ctx, base, layers)
         with step("export template and sysext images"):
             artifacts = export(ctx, tmpl, layers)
@@ -66,11 +76,11 @@ def build(site: Site, out: Path, cache_root: Path, *, update_lock: bool = False)
         artifacts += [artifact(out, "seed", path) for path in seed]
     with step("write manifest"):
         doc = manifest(tmpl, base, layers, artifacts, read_toml(ctx.sysext_dir / "restart.toml"))
-        (out / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n")
+        write_manifest(doc, out / BUILD_MANIFEST)
     return doc
 
 
-def export(ctx: BuildContext, tmpl: appliance_template.BuiltTemplate, layers: dict[str, Layer]) -> list[dict]:
+def export(ctx: BuildContext, tmpl: appliance_template.BuiltTemplate, layers: dict[str, Layer]) -> list[Artifact]:
     """Place the template and the .raw images in ``out`` (hard links to the cache when it is
     on the same file system) and drop templates of earlier builds."""
     for old in ctx.out.glob(f"{tmpl.name}_*_amd64.tar.zst"):
@@ -94,29 +104,28 @@ def place(src: Path, dest: Path) -> Path:
     return dest
 
 
-def artifact(out: Path, kind: str, path: Path) -> dict:
-    return {"kind": kind, "path": path.relative_to(out).as_posix(), "sha256": file_sha256(path)}
+def artifact(out: Path, kind: Literal["template", "sysext", "seed"], path: Path) -> Artifact:
+    return Artifact(kind=kind, path=path.relative_to(out).as_posix(), sha256=file_sha256(path))
 
 
 def manifest(tmpl: appliance_template.BuiltTemplate, base: base_layer.Base, layers: dict[str, Layer],
-             artifacts: list[dict], restart: dict[str, list[str]]) -> dict:
+             artifacts: list[Artifact], restart: dict[str, list[str]]) -> BuildManifest:
     inside = tmpl.image_manifest
-    return {
-        "template": {"name": tmpl.name, "version": tmpl.version, "file": tmpl.filename,
-                     "key": tmpl.key, "rebuilt": tmpl.rebuilt},
-        "artifacts": artifacts,
-        "components": {k: v for k, v in inside["components"].items() if k != "meridian-package"},
-        "meridian_package": inside["components"].get("meridian-package"),
-        "base": {"key": base.key, "rebuilt": base.rebuilt},
-        "layers": {name: {"key": layer.key, "rebuilt": layer.rebuilt}
-                   for name, layer in sorted(layers.items())},
-        "debian_packages": inside["debian_packages"],
+    return BuildManifest(
+        template=BuiltTemplateInfo(name=tmpl.name, version=tmpl.version, file=tmpl.filename,
+                                   key=tmpl.key, rebuilt=tmpl.rebuilt),
+        artifacts=tuple(artifacts),
+        components={k: v for k, v in inside.components.items() if k != "meridian-package"},
+        meridian_package=inside.components.get("meridian-package"),
+        base=CacheEntry(key=base.key, rebuilt=base.rebuilt),
+        layers={name: CacheEntry(key=layer.key, rebuilt=layer.rebuilt) for name, layer in sorted(layers.items())},
+        debian_packages=inside.debian_packages,
         # For replace-ct's in-place extension swap: what must match (system), what to write
         # into the container (image_manifest), which units each layer's swap restarts.
-        "system": inside["system"],
-        "image_manifest": inside,
-        "restart": restart,
-    }
+        system=inside.system,
+        image_manifest=inside,
+        restart={name: tuple(units) for name, units in restart.items()},
+    )
 
 
 @contextmanager

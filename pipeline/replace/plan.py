@@ -24,8 +24,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from pipeline.contract import CREDENTIALS_MOUNT
 from pipeline.errors import PipelineError
-from pipeline.replace.state import CREDENTIALS_MOUNT, CT, ROLE_TEMPLATE, World, with_ct, with_holder
+from pipeline.replace.state import CT, ROLE_TEMPLATE, World, with_ct, with_holder
 from pipeline.replace.template_file import TemplateRef
 
 EXIT_NOTHING = 0

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pipeline.contract import CREDENTIALS_MOUNT
 from pipeline.replace.template_file import TemplateRef
 
 MARKER_TAG = "meridian-pipeline"
@@ -25,7 +26,6 @@ BASE_DEPENDENT_STORAGES = frozenset({"zfspool", "rbd"})
 # Storage types that can make linked clones of an LXC template (dir, nfs, cifs, lvm cannot).
 LINKED_CLONE_STORAGES = frozenset({"lvmthin", "zfspool", "rbd", "btrfs"})
 CREDENTIALS_KEY = "mp0"
-CREDENTIALS_MOUNT = "/var/lib/meridian"
 _VOLUME_KEY = re.compile(r"(mp|unused)\d+$")
 
 

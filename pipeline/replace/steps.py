@@ -17,6 +17,7 @@ from typing import Any
 from pipeline.cloudinit import activation_script, render_seed
 from pipeline.cloudinit.deliver import rewrite_script
 from pipeline.config import Site
+from pipeline.contract import CREDENTIALS_MOUNT
 from pipeline.errors import PipelineError
 from pipeline.polling import wait_until
 from pipeline.progress import console, step
@@ -205,9 +206,7 @@ def remember_layers(ctx: ReplaceContext) -> None:
     """Record the local build's layer facts, so a later swap back (rollback) knows them."""
     if ctx.local and ctx.local.manifest:
         found = swap.Layers.from_build(ctx.local.manifest)
-        if found:
-            ctx.journal.set("layers", {**(ctx.journal.get("layers") or {}),
-                                       ctx.local.ref.sha256: found.as_record()})
+        ctx.journal.set("layers", {**(ctx.journal.get("layers") or {}), ctx.local.ref.sha256: found.as_record()})
 
 
 def read_ct(ctx: ReplaceContext, vmid: int, listed: dict[int, dict[str, Any]] | None = None) -> st.CT:
@@ -400,7 +399,7 @@ def _new_deployment(ctx: ReplaceContext, target: TemplateRef) -> str:
 
 def _new_volume(ctx: ReplaceContext) -> str:
     c = ctx.site.container
-    return f"{ctx.site.proxmox.volume_storage}:{c.credentials_gib},mp={st.CREDENTIALS_MOUNT},backup=1"
+    return f"{ctx.site.proxmox.volume_storage}:{c.credentials_gib},mp={CREDENTIALS_MOUNT},backup=1"
 
 
 def _net0(ctx: ReplaceContext) -> str:

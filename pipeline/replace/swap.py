@@ -20,7 +20,7 @@ template holds in /usr, /opt and the deployed manifest.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import shlex
 import subprocess
 import tempfile
@@ -28,14 +28,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.contract import (
+    DEPLOYED_MANIFEST,
+    EXTENSIONS_DIR,
+    EXTENSIONS_STORE,
+    BuildManifest,
+    ImageManifest,
+    image_manifest_from,
+    manifest_json,
+)
 from pipeline.digest import file_sha256
 from pipeline.errors import PipelineError
 from pipeline.replace.ssh import SSH
 from pipeline.runner import run
 
-EXTENSIONS = "/var/lib/extensions"
-STORE = "/var/lib/extensions.store"
-DEPLOYED_MANIFEST = "/etc/meridian-appliance/manifest.json"
 STREAM_TIMEOUT = 900
 
 
@@ -45,25 +51,24 @@ class Layers:
 
     system: str
     keys: dict[str, str]  # layer name -> layer key
-    restart: dict[str, list[str]]  # layer name -> units using it
-    image_manifest: dict[str, Any]  # written to DEPLOYED_MANIFEST
+    restart: dict[str, tuple[str, ...]]  # layer name -> units using it
+    image_manifest: ImageManifest  # written to DEPLOYED_MANIFEST
 
     @classmethod
-    def from_build(cls, manifest: dict[str, Any]) -> Layers | None:
-        """None for a build manifest without what a swap needs (an older build)."""
-        if not all(k in manifest for k in ("system", "image_manifest", "restart", "layers")):
-            return None
-        return cls(system=manifest["system"],
-                   keys={name: entry["key"] for name, entry in manifest["layers"].items()},
-                   restart=manifest["restart"], image_manifest=manifest["image_manifest"])
+    def from_build(cls, manifest: BuildManifest) -> Layers:
+        return cls(system=manifest.system, keys={name: entry.key for name, entry in manifest.layers.items()},
+                   restart=manifest.restart, image_manifest=manifest.image_manifest)
 
     def as_record(self) -> dict[str, Any]:
+        """For replace-ct's journal (JSON), read back by ``from_record``."""
         return {"system": self.system, "keys": self.keys, "restart": self.restart,
-                "image_manifest": self.image_manifest}
+                "image_manifest": dataclasses.asdict(self.image_manifest)}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Layers:
-        return cls(**record)
+        return cls(system=record["system"], keys=record["keys"],
+                   restart={name: tuple(units) for name, units in record["restart"].items()},
+                   image_manifest=image_manifest_from(record["image_manifest"], "replace-ct journal"))
 
 
 def store_name(layer: str, key: str) -> str:
@@ -82,13 +87,13 @@ def units_to_restart(current: Layers, target: Layers) -> list[str]:
 def present_in_container(ssh: SSH, current: Layers) -> set[str]:
     """Store names of layers the container already holds (in its store, or as the fresh
     template's directories, which the deployed manifest names)."""
-    out = ssh.run(["sh", "-c", f"ls -1 {STORE} 2>/dev/null; true"]).stdout
+    out = ssh.run(["sh", "-c", f"ls -1 {EXTENSIONS_STORE} 2>/dev/null; true"]).stdout
     names = (out.decode() if isinstance(out, bytes) else out).split()
     return set(names) | {store_name(name, key) for name, key in current.keys.items()}
 
 
 def stage(ssh: SSH, current: Layers, target: Layers, build_dir: Path | None,
-          build_manifest: dict[str, Any] | None) -> list[str]:
+          build_manifest: BuildManifest | None) -> list[str]:
     """Put every layer of ``target`` the container lacks into its store; the names pushed."""
     present = present_in_container(ssh, current)
     missing = [name for name, key in sorted(target.keys.items()) if store_name(name, key) not in present]
@@ -107,22 +112,21 @@ def stage(ssh: SSH, current: Layers, target: Layers, build_dir: Path | None,
     return missing
 
 
-def _unpack(build_dir: Path, manifest: dict[str, Any], layer: str, dest: Path) -> None:
+def _unpack(build_dir: Path, manifest: BuildManifest, layer: str, dest: Path) -> None:
     raw = build_dir / "sysext" / f"{layer}.raw"
-    recorded = next((a["sha256"] for a in manifest.get("artifacts", [])
-                     if a.get("path") == f"sysext/{layer}.raw"), None)
+    recorded = manifest.artifact("sysext", f"sysext/{layer}.raw")
     if not raw.is_file() or recorded is None:
         raise PipelineError(f"{raw}: the {layer} extension image is missing from the build",
                             hint="rebuild with python -m pipeline build")
-    if file_sha256(raw) != recorded:
+    if file_sha256(raw) != recorded.sha256:
         raise PipelineError(f"{raw}: sha256 differs from the build manifest", hint="rebuild it")
     run(["unsquashfs", "-q", "-n", "-d", dest, raw], timeout=STREAM_TIMEOUT)
 
 
 def _stream(ssh: SSH, root: Path, names: list[str]) -> None:
     """tar the unpacked layers to the container; renamed into the store once complete."""
-    incoming = f"{STORE}/.incoming"
-    moves = " && ".join(f"rm -rf {STORE}/{n} && mv {incoming}/{n} {STORE}/{n}" for n in names)
+    incoming = f"{EXTENSIONS_STORE}/.incoming"
+    moves = " && ".join(f"rm -rf {EXTENSIONS_STORE}/{n} && mv {incoming}/{n} {EXTENSIONS_STORE}/{n}" for n in names)
     script = (f"set -e; rm -rf {incoming}; mkdir -p {incoming}; "
               f"tar -C {incoming} -xpf - --numeric-owner; {moves}; rmdir {incoming}")
     with subprocess.Popen(["tar", "-C", str(root), "--numeric-owner", "-cf", "-", *names],
@@ -135,15 +139,15 @@ def _stream(ssh: SSH, root: Path, names: list[str]) -> None:
 
 def switch_script(current: Layers, target: Layers) -> str:
     """Link the target's layers, write its manifest, re-merge, restart the affected units."""
-    lines = ["set -eu", f"mkdir -p {STORE}"]
+    lines = ["set -eu", f"mkdir -p {EXTENSIONS_STORE}"]
     for name in changed(current, target):
-        new = f"{STORE}/{store_name(name, target.keys[name])}"
-        link = f"{EXTENSIONS}/{name}"
+        new = f"{EXTENSIONS_STORE}/{store_name(name, target.keys[name])}"
+        link = f"{EXTENSIONS_DIR}/{name}"
         if name in current.keys:  # a fresh template's directory: keep it for a swap back
-            old = f"{STORE}/{store_name(name, current.keys[name])}"
+            old = f"{EXTENSIONS_STORE}/{store_name(name, current.keys[name])}"
             lines.append(f"if [ -d {link} ] && [ ! -L {link} ]; then rm -rf {old} && mv {link} {old}; fi")
         lines.append(f"ln -sfn {new} {link}.new && mv -Tf {link}.new {link}")
-    manifest = json.dumps(target.image_manifest, indent=2) + "\n"
+    manifest = manifest_json(target.image_manifest)
     lines.append(f"mkdir -p {Path(DEPLOYED_MANIFEST).parent} && "
                  f"printf %s {shlex.quote(manifest)} > {DEPLOYED_MANIFEST}.new && "
                  f"chmod 0644 {DEPLOYED_MANIFEST}.new && mv -f {DEPLOYED_MANIFEST}.new {DEPLOYED_MANIFEST}")
@@ -153,8 +157,8 @@ def switch_script(current: Layers, target: Layers) -> str:
         lines.append(shlex.join(["systemctl", "restart", *units]))
     # The store keeps what the two templates use (a swap back needs no copy), nothing older.
     kept = sorted({store_name(n, k) for layer in (current, target) for n, k in layer.keys.items()})
-    lines.append(f"ls -1 {STORE} | grep -v -x -F " + " ".join(f"-e {shlex.quote(k)}" for k in kept)
-                 + f" | sed 's|^|{STORE}/|' | xargs -r rm -rf")
+    lines.append(f"ls -1 {EXTENSIONS_STORE} | grep -v -x -F " + " ".join(f"-e {shlex.quote(k)}" for k in kept)
+                 + f" | sed 's|^|{EXTENSIONS_STORE}/|' | xargs -r rm -rf")
     return "\n".join(lines) + "\n"
 
 

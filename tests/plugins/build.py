@@ -5,7 +5,7 @@ session on a machine that built before only re-checks keys (seconds). Example::
 
     def test_something(lab_build):
         lab_build.template        # Path of the .tar.zst
-        lab_build.manifest["components"]["node"]
+        lab_build.manifest.components["node"]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 from pipeline.builder.context import DEFAULT_CACHE
 from pipeline.builder.orchestrate import build
 from pipeline.config import REPO_ROOT, load_site
+from pipeline.contract import BuildManifest
 
 LAB_SITE = REPO_ROOT / "sites" / "lab.yml"
 LAB_OUT = REPO_ROOT / "build" / "lab"
@@ -26,18 +27,18 @@ LAB_OUT = REPO_ROOT / "build" / "lab"
 @dataclass(frozen=True)
 class LabBuild:
     out_dir: Path
-    manifest: dict
+    manifest: BuildManifest
 
     @property
     def template(self) -> Path:
-        return self.out_dir / self.manifest["template"]["file"]
+        return self.out_dir / self.manifest.template.file
 
     @property
     def seed_dir(self) -> Path:
         return self.out_dir / "seed"
 
     def artifacts(self, kind: str) -> list[Path]:
-        return [self.out_dir / a["path"] for a in self.manifest["artifacts"] if a["kind"] == kind]
+        return [self.out_dir / a.path for a in self.manifest.artifacts if a.kind == kind]
 
 
 @pytest.fixture(scope="session")
