@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 
 from pipeline.builder.orchestrate import build
-from pipeline.config import REPO_ROOT, load_site
+from pipeline.config import load_site
 from pipeline.contract import BUILD_MANIFEST, BuildManifest, read_build_manifest
 from pipeline.digest import file_sha256
 from pipeline.progress import timeline
 from pipeline.runner import run
+from tests.plugins.paths import REPO_ROOT
 
 MIB = 1024 * 1024
 

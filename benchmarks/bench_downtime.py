@@ -38,7 +38,7 @@ from pathlib import Path
 
 import httpx
 
-from pipeline.config import REPO_ROOT, load_site
+from pipeline.config import load_site
 from pipeline.replace.ssh import latest_known_hosts
 from tests.plugins.acceptance import (
     LAB_SITE,
@@ -48,6 +48,7 @@ from tests.plugins.acceptance import (
     pipeline_cli,
     remove_lab_ct,
 )
+from tests.plugins.paths import REPO_ROOT
 
 POLL_SECONDS = 0.05
 PROBE_TIMEOUT = 1.0

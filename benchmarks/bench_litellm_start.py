@@ -36,7 +36,8 @@ import httpx
 import yaml
 
 from pipeline.cloudinit.render import render_seed
-from pipeline.config import REPO_ROOT, load_site
+from pipeline.config import load_site
+from tests.plugins.paths import REPO_ROOT
 
 UNIT = REPO_ROOT / "image" / "rootfs" / "etc" / "systemd" / "system" / "litellm.service"
 DEFAULT_RAW = REPO_ROOT / "build" / "lab" / "sysext" / "litellm.raw"

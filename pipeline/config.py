@@ -18,8 +18,6 @@ from pipeline.errors import ConfigError
 from pipeline.schema import load, setting
 from pipeline.secrets import SecretSource
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 def _template_vmids(value: list[int]) -> str | None:
     if len(value) < 3 or len(set(value)) != len(value):

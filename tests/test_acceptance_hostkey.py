@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from acceptance.conftest import check_pinned_host_key
-from pipeline.config import REPO_ROOT, Site, load_site
+from pipeline.config import Site, load_site
+from tests.plugins.paths import REPO_ROOT
 
 ADDRESS = "10.157.0.57"
 

@@ -14,11 +14,12 @@ import pytest
 
 from pipeline.builder.context import DEFAULT_CACHE
 from pipeline.builder.orchestrate import build
-from pipeline.config import REPO_ROOT, load_site
+from pipeline.config import load_site
 from pipeline.contract import LAYER_NAMES, read_build_manifest
 from pipeline.digest import file_sha256
 from pipeline.runner import run
 from tests.plugins.build import LAB_SITE
+from tests.plugins.paths import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PER_CONTAINER = ("./etc/hostname", "./etc/resolv.conf", "./etc/ssh/ssh_host_")

@@ -13,8 +13,9 @@ from pipeline.builder import base, litellm, meridian, node
 from pipeline.builder.cache import Cache, Key, tree_sha256
 from pipeline.builder.context import BuildContext
 from pipeline.builder.layers import Layer
-from pipeline.config import REPO_ROOT, load_site
+from pipeline.config import load_site
 from pipeline.errors import PipelineError
+from tests.plugins.paths import REPO_ROOT
 
 STANDIN = REPO_ROOT / "tests" / "fixtures" / "meridian-standin"
 
@@ -65,7 +66,8 @@ def workspace(tmp_path: Path) -> Path:
 
 def context(workspace: Path) -> BuildContext:
     return BuildContext(site=load_site(workspace / "lab.yml"), out=workspace / "out",
-                        cache=Cache(workspace / "cache"), repo=workspace)
+                        cache=Cache(workspace / "cache"), image_dir=workspace / "image",
+                        sysext_dir=workspace / "sysext")
 
 
 def keys(workspace: Path) -> dict[str, str]:

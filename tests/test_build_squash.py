@@ -9,8 +9,9 @@ from pathlib import Path
 from pipeline.builder.cache import Cache
 from pipeline.builder.context import BuildContext
 from pipeline.builder.layers import squash, write_release
-from pipeline.config import REPO_ROOT, load_site
+from pipeline.config import load_site
 from pipeline.digest import file_sha256
+from tests.plugins.paths import REPO_ROOT
 
 
 def make_tree(root: Path, *, mtime: int, owner: int) -> Path:

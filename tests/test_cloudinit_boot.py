@@ -25,8 +25,9 @@ from lab import ctsetup, lxc
 from lab.tasks import TaskLog
 from pipeline.cloudinit import activation_script, container_files, render_seed
 from pipeline.cloudinit.deliver import WAIT_COMMAND
-from pipeline.config import REPO_ROOT, load_site
+from pipeline.config import load_site
 from pipeline.runner import ANY_EXIT, run
+from tests.plugins.paths import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

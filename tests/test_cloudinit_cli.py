@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pipeline.__main__ import EXIT_USER_ERROR, main
-from pipeline.config import REPO_ROOT
+from tests.plugins.paths import REPO_ROOT
 
 LAB_SITE = REPO_ROOT / "sites" / "lab.yml"
 

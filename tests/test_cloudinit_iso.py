@@ -9,9 +9,10 @@ import pycdlib
 import pytest
 
 from pipeline.cloudinit import render_seed, write_seed
-from pipeline.config import REPO_ROOT, load_site
+from pipeline.config import load_site
 from pipeline.errors import SecretError
 from pipeline.runner import run
+from tests.plugins.paths import REPO_ROOT
 
 SEED_FILES = ("user-data", "meta-data", "network-config")
 

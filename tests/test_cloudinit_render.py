@@ -11,9 +11,10 @@ import yaml
 
 from pipeline.cloudinit import activation_script, container_files, render_seed
 from pipeline.cloudinit.render import PLACEHOLDER_KEY, TEMPLATE_DIR
-from pipeline.config import REPO_ROOT, load_site
+from pipeline.config import load_site
 from pipeline.errors import PipelineError, SecretError
 from pipeline.runner import run
+from tests.plugins.paths import REPO_ROOT
 
 SITES = [REPO_ROOT / "sites" / "lab.yml", REPO_ROOT / "sites" / "meridian.yml"]
 DEPLOY_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDEPLOYKEYFORTESTSxxxxxxxxxxxxxxxxxxxxxxxxxxx deploy@test"

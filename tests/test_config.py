@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import REPO_ROOT, Site, load_site
+from pipeline.config import Site, load_site
 from pipeline.errors import ConfigError
 from pipeline.schema import describe
+from tests.plugins.paths import REPO_ROOT
 
 SITES = REPO_ROOT / "sites"
 

@@ -21,9 +21,10 @@ from lab import ctsetup, lxc
 from lab.tasks import TaskLog
 from pipeline.cloudinit import activation_script, render_seed
 from pipeline.cloudinit.deliver import WAIT_COMMAND
-from pipeline.config import REPO_ROOT, load_site
+from pipeline.config import load_site
 from pipeline.replace.gate import failed_checks
 from pipeline.runner import ANY_EXIT, run, tail
+from tests.plugins.paths import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

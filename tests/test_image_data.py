@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cloudinit.validate import validate_user_data
-from pipeline.config import REPO_ROOT
+from tests.plugins.paths import REPO_ROOT
 
 CLOUD_CFG_D = sorted((REPO_ROOT / "image/rootfs/etc/cloud/cloud.cfg.d").glob("*.cfg"))
 

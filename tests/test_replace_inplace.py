@@ -26,7 +26,7 @@ import httpx
 import pytest
 import yaml
 
-from pipeline.config import REPO_ROOT, load_site
+from pipeline.config import load_site
 from pipeline.contract import (
     BUILD_MANIFEST,
     DEPLOYED_MANIFEST,
@@ -43,6 +43,7 @@ from pipeline.runner import ANY_EXIT_OR_SIGNAL, run
 from tests.plugins.acceptance import LAB_SITE, bumped_site, bumped_version
 from tests.plugins.build import LabBuild
 from tests.plugins.gatesuite import GateSuite
+from tests.plugins.paths import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -11,9 +11,10 @@ import pytest
 
 from pipeline.cloudinit.deliver import service_files
 from pipeline.cloudinit.render import render_seed
-from pipeline.config import REPO_ROOT, load_site
+from pipeline.config import load_site
 from pipeline.replace import reseed, swap
 from tests.plugins.manifests import RESTART, image_manifest
+from tests.plugins.paths import REPO_ROOT
 
 LAB = load_site(REPO_ROOT / "sites" / "lab.yml")
 

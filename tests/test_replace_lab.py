@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import REPO_ROOT, load_site
+from pipeline.config import load_site
 from pipeline.proxmox import Client
 from pipeline.replace.ssh import SSH
 from pipeline.replace.state import CT, parse_ct
@@ -32,6 +32,7 @@ from pipeline.runner import ANY_EXIT_OR_SIGNAL, run
 from tests.plugins.build import LabBuild
 from tests.plugins.gatesuite import GateSuite
 from tests.plugins.lab import Lab as LabServer
+from tests.plugins.paths import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

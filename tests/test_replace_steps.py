@@ -8,7 +8,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from pipeline.config import REPO_ROOT, load_site
+from pipeline.config import load_site
 from pipeline.errors import PipelineError
 from pipeline.proxmox import Client
 from pipeline.replace import steps
@@ -16,6 +16,7 @@ from pipeline.replace.journal import Journal
 from pipeline.replace.state import CT, World, parse_ct
 from pipeline.replace.template_file import TemplateRef
 from tests.plugins.cannedapi import UPID, Api
+from tests.plugins.paths import REPO_ROOT
 
 TARGET = TemplateRef("meridian_2_amd64-bbbbbbbbbbbb.tar.zst", "b" * 64)
 DEPLOY_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDeployKeyForTestsOnlyxxxxxxxxxxxxxxxxxxxxx deploy"

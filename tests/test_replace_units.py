@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import REPO_ROOT, load_site
+from pipeline.config import load_site
 from pipeline.contract import manifest_json, write_manifest
 from pipeline.digest import file_sha256
 from pipeline.errors import PipelineError
@@ -21,6 +21,7 @@ from pipeline.replace.state import CT, MARKER_TAG, ROLE_TEMPLATE, World, descrip
 from pipeline.replace.steps import ReplaceContext, kept_templates, stale_uploads, template_volid
 from pipeline.replace.template_file import TemplateRef
 from tests.plugins.manifests import build_manifest
+from tests.plugins.paths import REPO_ROOT
 
 OLD = TemplateRef("old.tar.zst", "a" * 64)
 NEW = TemplateRef("new.tar.zst", "b" * 64)

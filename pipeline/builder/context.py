@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.builder.cache import Cache
-from pipeline.config import REPO_ROOT, Site
+from pipeline.config import Site
+from pipeline.resources import data_dir
 
 DEFAULT_CACHE = Path("/var/cache/meridian-pipeline")
+IMAGE_DIR = data_dir("image")
+SYSEXT_DIR = data_dir("sysext")
 
 
 @dataclass(frozen=True)
@@ -17,15 +20,8 @@ class BuildContext:
     site: Site
     out: Path
     cache: Cache
-    repo: Path = REPO_ROOT
-
-    @property
-    def image_dir(self) -> Path:
-        return self.repo / "image"
-
-    @property
-    def sysext_dir(self) -> Path:
-        return self.repo / "sysext"
+    image_dir: Path = IMAGE_DIR
+    sysext_dir: Path = SYSEXT_DIR
 
     @property
     def work(self) -> Path:

@@ -17,10 +17,11 @@ import jinja2
 import yaml
 
 from pipeline.cloudinit.validate import validate_user_data
-from pipeline.config import REPO_ROOT, Site
+from pipeline.config import Site
 from pipeline.errors import PipelineError, SecretError
+from pipeline.resources import data_dir
 
-TEMPLATE_DIR = REPO_ROOT / "cloudinit"
+TEMPLATE_DIR = data_dir("cloudinit")
 SEED_FILES = ("user-data", "meta-data", "network-config")
 SEED_DIR = "/var/lib/cloud/seed/nocloud"
 PIN_FILE = "90-meridian-datasource.cfg"

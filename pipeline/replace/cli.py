@@ -22,7 +22,6 @@ from pipeline.errors import PipelineError
 from pipeline.progress import console
 from pipeline.proxmox import Client
 from pipeline.replace import report, template_file
-from pipeline.replace.gate import ACCEPTANCE_DIR
 from pipeline.replace.journal import Journal, locked
 from pipeline.replace.plan import EXIT_ERROR, EXIT_NOTHING, Plan, make_plan
 from pipeline.replace.ssh import ensure_deploy_key
@@ -37,6 +36,7 @@ from pipeline.replace.steps import (
     wait_for_own_tasks,
 )
 from pipeline.replace.template_file import TemplateRef
+from pipeline.resources import acceptance_dir, require_acceptance_extra
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -55,8 +55,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="keep the templates (CT template and uploaded archive) of the N latest "
                              f"deployments; older ones this pipeline made are removed (default {DEFAULT_KEEP})")
     parser.add_argument("--json", type=Path, metavar="REPORT", help="write a JSON report here")
-    parser.add_argument("--acceptance", type=Path, default=ACCEPTANCE_DIR,
-                        help="acceptance suite to gate on (default: acceptance/)")
+    parser.add_argument("--acceptance", type=Path,
+                        help="acceptance suite to gate on (default: the one installed with the tool)")
 
 
 def _at_least_one(text: str) -> int:
@@ -81,6 +81,9 @@ def main(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     site = load_site(args.site)
+    if not args.plan:
+        require_acceptance_extra()
+    suite = args.acceptance or acceptance_dir()
     local = template_file.resolve(args.template) if args.template else None
     # Every check that needs no change comes first: a missing or weak key stops here.
     key = site.litellm.master_key.read(label="litellm.master_key", check_strength=True)
@@ -90,8 +93,8 @@ def _run(args: argparse.Namespace) -> int:
     site.site_state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     with locked(site.site_state_dir):
         ctx = ReplaceContext(site=site, px=px, journal=Journal(site.site_state_dir), master_key=key,
-                      suite=args.acceptance, adopt=args.adopt, local=local, keep=args.keep,
-                      rootfs_storage_type=px.storage_type(site.proxmox.rootfs_storage))
+                             suite=suite, adopt=args.adopt, local=local, keep=args.keep,
+                             rootfs_storage_type=px.storage_type(site.proxmox.rootfs_storage))
         return _deploy(ctx, args)
 
 

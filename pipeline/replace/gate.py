@@ -12,10 +12,9 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from pipeline.config import REPO_ROOT, Site
+from pipeline.config import Site
 from pipeline.runner import ANY_EXIT, run, tail
 
-ACCEPTANCE_DIR = REPO_ROOT / "acceptance"
 GATE_TIMEOUT = 1200
 
 
@@ -35,7 +34,7 @@ def run_gate(site: Site, suite: Path, log_dir: Path, tag: str) -> list[str]:
     proc = run(
         [sys.executable, "-m", "pytest", str(suite), "--site", str(site.source_file), "-m", "image",
          f"--junitxml={junit}", "-p", "no:cacheprovider", "-q"],
-        env=_secret_env(site), cwd=REPO_ROOT, timeout=GATE_TIMEOUT, check=ANY_EXIT, log=log,
+        env=_secret_env(site), cwd=suite.parent, timeout=GATE_TIMEOUT, check=ANY_EXIT, log=log,
     )
     if proc.returncode == 0:
         return []

@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import REPO_ROOT, Site, load_site
+from pipeline.config import Site, load_site
 from pipeline.proxmox import Client
 from pipeline.replace.gate import failed_checks
 from pipeline.replace.ssh import SSH
 from pipeline.runner import ANY_EXIT, run, tail
+from tests.plugins.paths import REPO_ROOT
 
 LAB_SITE = REPO_ROOT / "sites" / "lab.yml"
 STANDIN = REPO_ROOT / "tests" / "fixtures" / "meridian-standin"

@@ -17,8 +17,9 @@ import pytest
 
 from pipeline.builder.context import DEFAULT_CACHE
 from pipeline.builder.orchestrate import build
-from pipeline.config import REPO_ROOT, load_site
+from pipeline.config import load_site
 from pipeline.contract import BuildManifest
+from tests.plugins.paths import REPO_ROOT
 
 LAB_SITE = REPO_ROOT / "sites" / "lab.yml"
 LAB_OUT = REPO_ROOT / "build" / "lab"
