@@ -9,11 +9,10 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 from pipeline.builder import appliance_template, litellm, meridian, node
 from pipeline.builder import base as base_layer
@@ -33,6 +32,7 @@ from pipeline.contract import (
 )
 from pipeline.digest import file_sha256
 from pipeline.errors import PipelineError
+from pipeline.polling import wait_until
 from pipeline.progress import step
 from pipeline.runner import require_tools
 
@@ -133,17 +133,18 @@ def cache_lock(cache_root: Path) -> Iterator[None]:
     """One build at a time per cache (bounded wait: the other build may be long)."""
     cache_root.mkdir(parents=True, exist_ok=True)
     with open(cache_root / ".lock", "w") as fh:
-        deadline = time.monotonic() + CACHE_LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise PipelineError(f"{cache_root} is locked by another build for "
-                                        f"{CACHE_LOCK_WAIT}s", hint="wait for it, or use --cache") from None
-                time.sleep(2)
+        if not wait_until(lambda: _try_lock(fh), timeout=CACHE_LOCK_WAIT, pause=2):
+            raise PipelineError(f"{cache_root} is locked by another build for {CACHE_LOCK_WAIT}s",
+                                hint="wait for it, or use --cache")
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _try_lock(fh: IO[str]) -> bool:
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
