@@ -97,6 +97,15 @@ class CacheEntry:
 
 
 @dataclass(frozen=True)
+class PieceSize:
+    """Where a template's bytes go: one piece (the system, or one layer)."""
+
+    unpacked: int  # bytes of its files
+    compressed: int  # bytes of its zstd frame in the template
+    largest: dict[str, int]  # its largest directories -> bytes (``DIR/.`` for a folder's own files)
+
+
+@dataclass(frozen=True)
 class BuildManifest:
     """A build output directory's manifest.json: what was built, and what replace-ct needs."""
 
@@ -110,6 +119,7 @@ class BuildManifest:
     system: str
     image_manifest: ImageManifest  # written into the container by an extension swap
     restart: dict[str, tuple[str, ...]]  # layer name -> units a swap of it restarts
+    sizes: dict[str, PieceSize]  # "system" and each layer
 
     def artifact(self, kind: str, path: str) -> Artifact | None:
         return next((a for a in self.artifacts if a.kind == kind and a.path == path), None)
@@ -154,3 +164,15 @@ def _json(text: str, where: str) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise ConfigError(f"{where}: not valid JSON: {exc}", hint="rebuild it") from None
+
+
+def write_sizes(sizes: dict[str, PieceSize], path: Path) -> None:
+    """The pieces' sizes, kept in the cache beside a piece or a template."""
+    path.write_text(json.dumps({name: dataclasses.asdict(size) for name, size in sizes.items()}, indent=2) + "\n")
+
+
+def read_sizes(path: Path) -> dict[str, PieceSize]:
+    data = _json(path.read_text(), str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of piece sizes")
+    return {name: load(PieceSize, value, where=str(path), path=name) for name, value in data.items()}

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pipeline.builder import base, litellm, meridian, node
-from pipeline.builder.cache import Cache, Key, tree_sha256
+from pipeline.builder.cache import Cache, Key, entry_size, tree_sha256
 from pipeline.builder.context import BuildContext
 from pipeline.builder.layers import Layer
 from pipeline.config import load_site
@@ -130,12 +130,29 @@ def test_missing_local_source_names_the_key_and_where_it_looked(workspace):
     assert str(workspace / "standin") in caught.value.message
 
 
-def test_prune_keeps_the_most_recently_used_entries(tmp_path):
+def filled(cache: Cache, kind: str, name: str, key: str, size: int, used_at: int) -> None:
+    with cache.filling(kind, name, key) as scratch:
+        (scratch / "data").write_bytes(os.urandom(size))
+    os.utime(cache.entry(kind, name, key), (used_at, used_at))
+
+
+def test_prune_drops_least_recently_used_entries_of_any_kind_down_to_the_budget(tmp_path):
+    writer = Cache(tmp_path)
+    for i, (kind, name, key) in enumerate([("layers", "x", "old"), ("base", "debian", "mid"),
+                                           ("templates", "m", "new"), ("pieces", "x", "newest")]):
+        filled(writer, kind, name, key, 100_000, 1000 + i)
+    sizes = {e.name: entry_size(e) for e in writer.entries()}
+    assert all(100_000 <= s <= 120_000 for s in sizes.values()), sizes  # recorded when filled
+    cache = Cache(tmp_path)  # the next build
+    assert cache.has("layers", "x", "old")  # used again: now the most recent, and in use
+    dropped = cache.prune_to(sizes["old"] + sizes["new"] + sizes["newest"])
+    assert [e.name for e in dropped] == ["mid"]
+    assert [cache.has(*e) for e in [("layers", "x", "old"), ("templates", "m", "new"), ("pieces", "x", "newest")]] \
+        == [True, True, True]
+
+
+def test_prune_never_drops_what_this_build_used(tmp_path):
     cache = Cache(tmp_path)
-    for i, key in enumerate(["old", "mid", "new"]):
-        with cache.filling("layers", "x", key):
-            pass
-        os.utime(cache.entry("layers", "x", key), (1000 + i, 1000 + i))
-    assert cache.has("layers", "x", "old")  # used again: now the most recent
-    cache.prune("layers", "x", keep=2)
-    assert [cache.has("layers", "x", k) for k in ("old", "mid", "new")] == [True, False, True]
+    filled(cache, "layers", "x", "made", 50_000, 1000)
+    assert cache.prune_to(0) == []  # over budget, but all of it in use
+    assert Cache(tmp_path).prune_to(0) == [cache.entry("layers", "x", "made")]  # a later build's choice

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.builder.rules import TemplateError, check_template, template_violations
+from pipeline.builder.rules import TemplateError, check_tar, template_violations
 from pipeline.runner import run
 
 OS_FILES = ("./etc/os-release", "./etc/debian_version")
@@ -71,11 +71,13 @@ def test_os_detection_files_are_required(tmp_path, missing):
 
 
 def test_compressed_template_is_checked_and_error_lists_violations(tmp_path):
-    tar = write_tar(tmp_path / "t.tar", [member("./x", uid=70000), member("./y", gid=70000)])
+    tar = write_tar(tmp_path / "meridian_1_amd64.tar", [member("./x", uid=70000), member("./y", gid=70000)])
     zst = tmp_path / "meridian_1_amd64.tar.zst"
     run(["zstd", "-q", tar, "-o", zst])
+    assert template_violations(zst)[:2] == ["./x: has uid 70000 (must be below 65536)",
+                                            "./y: has gid 70000 (must be below 65536)"]
     with pytest.raises(TemplateError) as caught:
-        check_template(zst)
-    assert "meridian_1_amd64.tar.zst breaks Proxmox's template rules" in caught.value.message
+        check_tar(tar, required=())
+    assert "meridian_1_amd64.tar breaks Proxmox's template rules" in caught.value.message
     assert "./x: has uid 70000" in caught.value.message
     assert "./y: has gid 70000" in caught.value.message

@@ -1,6 +1,6 @@
-"""The Proxmox LXC template: a copy of the base, the appliance's files (image/rootfs/),
-users, paths and units applied, the three extensions unpacked as directory extensions,
-packed the way Proxmox extracts it, validated, and compressed."""
+"""The Proxmox LXC template, joined from three kinds of cached pieces (frames.py): the system
+(a copy of the base with the appliance's files, image/rootfs/, and its users, paths and units
+applied), each extension unpacked as a directory extension, and the manifest."""
 
 from __future__ import annotations
 
@@ -8,24 +8,25 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.builder import frames, system
 from pipeline.builder.base import Base, debian_packages
 from pipeline.builder.cache import Key
 from pipeline.builder.context import BuildContext, read_toml
 from pipeline.builder.layers import Layer
-from pipeline.builder.rules import check_template
+from pipeline.builder.system import SIZES_FILE
 from pipeline.contract import (
     DEPLOYED_MANIFEST,
     EXTENSIONS_DIR,
     ImageManifest,
+    PieceSize,
     TemplateId,
     parse_image_manifest,
+    read_sizes,
     write_manifest,
+    write_sizes,
 )
 from pipeline.progress import Skip, step
 from pipeline.runner import run
-
-# zstd level: about as small as -19 for this content at a fraction of the time on 2 cores.
-ZSTD_LEVEL = "-9"
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,11 @@ class BuiltTemplate:
         path = self.entry / "manifest.json"
         return parse_image_manifest(path.read_text(), str(path))
 
+    @property
+    def sizes(self) -> dict[str, PieceSize]:
+        """Where its bytes go: the system piece and each layer's."""
+        return read_sizes(self.entry / SIZES_FILE)
+
 
 def system_key(ctx: BuildContext, base: Base) -> str:
     """Everything in the template but the extensions: two templates with the same system key
@@ -57,11 +63,13 @@ def system_key(ctx: BuildContext, base: Base) -> str:
             .tree("overlay", ctx.image_dir / "rootfs")
             .file("units", ctx.image_dir / "units.toml")
             .file("cleanup", ctx.image_dir / "cleanup.txt")
-            .file("code", Path(__file__))).hexdigest()
+            .file("trim", ctx.image_dir / "trim.txt")
+            .file("code", Path(system.__file__))).hexdigest()
 
 
 def template_key(ctx: BuildContext, base: Base, layers: dict[str, Layer]) -> str:
-    key = Key("template").text("name", ctx.site.image.name).text("system", system_key(ctx, base))
+    key = (Key("template").text("name", ctx.site.image.name).text("system", system_key(ctx, base))
+           .file("frames", Path(frames.__file__)))
     for name, layer in sorted(layers.items()):
         key.text(f"layer:{name}", layer.key)
     return key.hexdigest()
@@ -76,15 +84,58 @@ def build(ctx: BuildContext, base: Base, layers: dict[str, Layer]) -> BuiltTempl
     with step("make template"):
         if cached:
             raise Skip(f"cached ({key[:12]})")
+        system_file, epoch, system_size = system.system_piece(ctx, base, system_key(ctx, base))
+        extensions = {name: extension_piece(ctx, layer) for name, layer in sorted(layers.items())}
+        pieces = [system_file, *(path for path, _ in extensions.values())]
         with ctx.cache.filling("templates", template.name, key) as scratch:
-            rootfs = ctx.work / "template-rootfs"
+            write_sizes({"system": system_size} | {name: size for name, (_, size) in extensions.items()},
+                        scratch / SIZES_FILE)
             doc = image_manifest(template, system_key(ctx, base), base, layers)
-            assemble(ctx, base, layers, rootfs, doc)
-            pack(ctx, rootfs, scratch / template.filename)
+            with step("join pieces"):
+                last = manifest_piece(ctx, doc, scratch / "manifest.tar.zst", epoch)
+                frames.join([*pieces, last], scratch / template.filename)
+                last.unlink()
             write_manifest(doc, scratch / "manifest.json")
-            shutil.rmtree(rootfs)
-        ctx.cache.prune("templates", template.name)
     return template
+
+
+
+
+def extension_piece(ctx: BuildContext, layer: Layer) -> tuple[Path, PieceSize]:
+    """One layer's tree as ./var/lib/extensions/NAME, packed once per layer key."""
+    inside = f".{EXTENSIONS_DIR}/{layer.name}"
+    key = (Key("extension-piece").text("layer", layer.key).text("path", inside)
+           .file("frames", Path(frames.__file__)).hexdigest())
+    entry = ctx.cache.entry("pieces", layer.name, key)
+    with step(f"pack {layer.name} piece"):
+        if ctx.cache.has("pieces", layer.name, key):
+            raise Skip(f"cached ({key[:12]})")
+        with ctx.cache.filling("pieces", layer.name, key) as scratch:
+            root = ctx.work / f"piece-{layer.name}"
+            shutil.rmtree(root, ignore_errors=True)
+            (root / inside).parent.mkdir(parents=True)
+            # Hard links: the cached tree is never modified, and copying it costs seconds.
+            run(["cp", "-al", layer.tree, root / inside], log=ctx.log(f"{layer.name}-piece"))
+            size = frames.pack_piece(root, [inside], scratch / f"{layer.name}.tar.zst", epoch=layer_epoch(ctx),
+                                     log=ctx.log(f"{layer.name}-piece"))
+            write_sizes({layer.name: size}, scratch / SIZES_FILE)
+            shutil.rmtree(root)
+    return entry / f"{layer.name}.tar.zst", read_sizes(entry / SIZES_FILE)[layer.name]
+
+
+def manifest_piece(ctx: BuildContext, doc: ImageManifest, dest: Path, epoch: int) -> Path:
+    """The deployed manifest: the last piece, which ends the archive."""
+    root = ctx.work / "piece-manifest"
+    shutil.rmtree(root, ignore_errors=True)
+    inside = root / DEPLOYED_MANIFEST.lstrip("/")
+    write_manifest(doc, inside)
+    inside.chmod(0o644)
+    (root / EXTENSIONS_DIR.lstrip("/")).mkdir(parents=True)  # as assemble_system makes them
+    parents = [f".{EXTENSIONS_DIR}", f".{Path(DEPLOYED_MANIFEST).parent}"]
+    frames.pack_piece(root, [f".{DEPLOYED_MANIFEST}"], dest, epoch=epoch, last=True, restate=parents,
+                      log=ctx.log("manifest-piece"))
+    shutil.rmtree(root)
+    return dest
 
 
 def image_manifest(template: BuiltTemplate, system: str, base: Base, layers: dict[str, Layer]) -> ImageManifest:
@@ -101,49 +152,12 @@ def image_manifest(template: BuiltTemplate, system: str, base: Base, layers: dic
     )
 
 
-def assemble(ctx: BuildContext, base: Base, layers: dict[str, Layer], rootfs: Path, doc: ImageManifest) -> None:
-    log = ctx.log("template")
-    with step("copy base"):
-        shutil.rmtree(rootfs, ignore_errors=True)
-        run(["cp", "-a", base.rootfs, rootfs], log=log)
-    with step("apply appliance files"):
-        run(["cp", "-r", "--preserve=mode,links", "--no-preserve=ownership",
-             f"{ctx.image_dir / 'rootfs'}/.", rootfs], log=log)
-        run(["systemd-sysusers", f"--root={rootfs}"], log=log)
-        # The config path is not taken relative to --root (systemd 252).
-        run(["systemd-tmpfiles", f"--root={rootfs}", "--create",
-             rootfs / "usr/lib/tmpfiles.d/meridian-appliance.conf"], log=log)
-        units = read_toml(ctx.image_dir / "units.toml")
-        run(["systemctl", f"--root={rootfs}", "enable", *units["enable"]], log=log)
-        run(["systemctl", f"--root={rootfs}", "mask", *units["mask"]], log=log)
-        remove_per_container_files(ctx, rootfs)
-    with step("add extensions"):
-        extensions = rootfs / EXTENSIONS_DIR.lstrip("/")
-        extensions.mkdir(parents=True, exist_ok=True)
-        for name, layer in sorted(layers.items()):
-            # Hard links: the cached tree is never modified, and copying it costs seconds.
-            run(["cp", "-al", layer.tree, extensions / name], log=log)
-        write_manifest(doc, rootfs / DEPLOYED_MANIFEST.lstrip("/"))
 
 
-def remove_per_container_files(ctx: BuildContext, rootfs: Path) -> None:
-    for line in (ctx.image_dir / "cleanup.txt").read_text().splitlines():
-        pattern = line.split("#", 1)[0].strip()
-        for path in rootfs.glob(pattern) if pattern else ():
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
 
 
-def pack(ctx: BuildContext, rootfs: Path, dest: Path) -> None:
-    """./-relative members, numeric ids, sorted for stable output; checked, then compressed."""
-    plain = dest.with_name(dest.name.removesuffix(".zst"))
-    log = ctx.log("template")
-    with step("pack tarball"):
-        run(["tar", "--numeric-owner", "--sort=name", "-C", rootfs, "-cf", plain, "."],
-            log=log, timeout=1800)
-    with step("check Proxmox template rules"):
-        check_template(plain)
-    with step("compress (zstd)"):
-        run(["zstd", "-T0", ZSTD_LEVEL, "-q", "--rm", plain, "-o", dest], log=log, timeout=1800)
+
+
+def layer_epoch(ctx: BuildContext) -> int:
+    """The mtime every file of a layer's tree already has (sysext/common.toml, layers.squash)."""
+    return int(read_toml(ctx.sysext_dir / "common.toml")["squashfs"]["source_date_epoch"])

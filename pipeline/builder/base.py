@@ -40,7 +40,6 @@ def build(ctx: BuildContext) -> Base:
             raise Skip(f"cached ({key[:12]})")
         with ctx.cache.filling("base", "debian", key) as scratch:
             mmdebstrap(ctx, scratch / "rootfs")
-        ctx.cache.prune("base", "debian")
     return base
 
 

@@ -18,6 +18,10 @@ from pathlib import Path
 
 from pipeline.digest import file_sha256
 
+ENTRY_KINDS = ("base", "layers", "pieces", "templates")  # what prune_to may drop
+SIZE_FILE = ".size"
+DEFAULT_BUDGET_GIB = 16  # about five full sets of base, layers, pieces and template
+GIB = 1 << 30
 # Never part of a package's content: build output and VCS state of a local source folder.
 IGNORED_NAMES = frozenset({"node_modules", ".git", "__pycache__", ".DS_Store"})
 
@@ -72,20 +76,24 @@ def _walk(root: Path) -> Iterator[Path]:
 
 class Cache:
     """Finished results under DIR/KIND/NAME/KEY/. An entry appears only when complete:
-    it is built in a scratch folder and renamed into place."""
+    it is built in a scratch folder and renamed into place. Each entry records its size
+    (SIZE_FILE) and its last use (the entry's mtime), so ``prune_to`` can drop the least
+    recently used ones when the cache outgrows its budget (docs/build-cache.md)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.used: set[Path] = set()  # entries this build found or made: never pruned by it
 
     def entry(self, kind: str, name: str, key: str) -> Path:
         return self.root / kind / name / key
 
     def has(self, kind: str, name: str, key: str) -> bool:
-        """True when the entry exists; a hit also marks it as recently used (see prune)."""
+        """True when the entry exists; a hit also marks it as used now."""
         entry = self.entry(kind, name, key)
         if not entry.is_dir():
             return False
         os.utime(entry)
+        self.used.add(entry)
         return True
 
     @contextmanager
@@ -100,17 +108,53 @@ class Cache:
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
+        (scratch / SIZE_FILE).write_text(f"{disk_usage(scratch)}\n")
         shutil.rmtree(final, ignore_errors=True)
         scratch.rename(final)
+        self.used.add(final)
 
-    def prune(self, kind: str, name: str, keep: int = 2) -> None:
-        """Drop all but the ``keep`` most recently used entries of one layer (disk space)."""
-        folder = self.root / kind / name
-        if not folder.is_dir():
-            return
-        entries = sorted(
-            (p for p in folder.iterdir() if not p.name.startswith(".")),
-            key=lambda p: p.stat().st_mtime, reverse=True,
-        )
-        for old in entries[keep:]:
-            shutil.rmtree(old, ignore_errors=True)
+    def entries(self) -> list[Path]:
+        return [entry for kind in ENTRY_KINDS for name in _subdirs(self.root / kind) for entry in _subdirs(name)]
+
+    def prune_to(self, budget: int) -> list[Path]:
+        """Drop the least recently used entries until all of them together take at most
+        ``budget`` bytes; never one this build used. Returns what was dropped."""
+        entries = sorted(self.entries(), key=lambda e: e.stat().st_mtime)
+        sizes = {entry: entry_size(entry) for entry in entries}
+        total, dropped = sum(sizes.values()), []
+        for entry in entries:
+            if total <= budget:
+                break
+            if entry in self.used:
+                continue
+            shutil.rmtree(entry)
+            total -= sizes[entry]
+            dropped.append(entry)
+        return dropped
+
+
+def entry_size(entry: Path) -> int:
+    """Bytes on disk, as recorded when the entry was made (measured now for an older entry)."""
+    try:
+        return int((entry / SIZE_FILE).read_text())
+    except (OSError, ValueError):
+        return disk_usage(entry)
+
+
+def disk_usage(root: Path) -> int:
+    """Allocated bytes under root, a hard-linked file counted once."""
+    seen: set[int] = set()
+    total = 0
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            if st.st_ino not in seen:
+                seen.add(st.st_ino)
+                total += st.st_blocks * 512
+    return total
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]

@@ -69,7 +69,6 @@ def build_layer(ctx: BuildContext, name: str, key: str, install: Installer) -> L
             (scratch / "versions.json").write_text(json.dumps(versions, indent=2) + "\n")
             with step(f"squash {name}.raw"):
                 squash(ctx, tree, scratch / f"{name}.raw", log=ctx.log(f"squash-{name}"))
-        ctx.cache.prune("layers", name)
     return layer
 
 

@@ -16,7 +16,7 @@ from typing import IO, Literal
 
 from pipeline.builder import appliance_template, litellm, meridian, node
 from pipeline.builder import base as base_layer
-from pipeline.builder.cache import Cache
+from pipeline.builder.cache import DEFAULT_BUDGET_GIB, GIB, Cache, disk_usage
 from pipeline.builder.context import BuildContext, read_toml
 from pipeline.builder.layers import Layer
 from pipeline.cloudinit import write_seed
@@ -33,7 +33,7 @@ from pipeline.contract import (
 from pipeline.digest import file_sha256
 from pipeline.errors import PipelineError
 from pipeline.polling import wait_until
-from pipeline.progress import step
+from pipeline.progress import Skip, console, step
 from pipeline.runner import require_tools
 
 TOOLS = {
@@ -49,8 +49,10 @@ TOOLS = {
 CACHE_LOCK_WAIT = 3600  # seconds; another build on the same cache may be running
 
 
-def build(site: Site, out: Path, cache_root: Path, *, update_lock: bool = False) -> BuildManifest:
-    """Build everything for ``site`` into ``out``; returns the manifest written there."""
+def build(site: Site, out: Path, cache_root: Path, *, update_lock: bool = False,
+          cache_budget: int = DEFAULT_BUDGET_GIB * GIB) -> BuildManifest:
+    """Build everything for ``site`` into ``out``; returns the manifest written there. The
+    cache then keeps at most ``cache_budget`` bytes of entries, least recently used go first."""
     ctx = BuildContext(site=site, out=out, cache=Cache(cache_root))
     with step("check tools and inputs"):
         require_tools(TOOLS)
@@ -71,6 +73,12 @@ def build(site: Site, out: Path, cache_root: Path, *, update_lock: bool = False)
         tmpl = appliance_template.build(ctx, base, layers)
         with step("export template and sysext images"):
             artifacts = export(ctx, tmpl, layers)
+        with step("trim the cache"):
+            dropped = ctx.cache.prune_to(cache_budget)
+            if not dropped:
+                raise Skip(f"within {cache_budget / GIB:g} GiB")
+            console.print(f"  dropped {len(dropped)} least recently used entries: "
+                          + ", ".join(e.relative_to(cache_root).as_posix()[:40] for e in dropped))
     with step("write cloud-init seed"):
         seed = write_seed(site, out / "seed", instance_id=f"{tmpl.name}-{tmpl.version}")
         artifacts += [artifact(out, "seed", path) for path in seed]
@@ -125,6 +133,7 @@ def manifest(tmpl: appliance_template.BuiltTemplate, base: base_layer.Base, laye
         system=inside.system,
         image_manifest=inside,
         restart={name: tuple(units) for name, units in restart.items()},
+        sizes=tmpl.sizes,
     )
 
 
@@ -148,3 +157,19 @@ def _try_lock(fh: IO[str]) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+def empty_cache(cache_root: Path) -> int:
+    """``build --cache-prune``: remove every entry, download and scratch file; bytes freed."""
+    if not cache_root.is_dir():
+        return 0
+    with cache_lock(cache_root):
+        freed = disk_usage(cache_root)
+        for path in cache_root.iterdir():
+            if path.name == ".lock":
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    return freed

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tarfile
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
 from pipeline.errors import PipelineError
@@ -46,13 +46,13 @@ def member_violations(member: tarfile.TarInfo) -> list[str]:
     return [f"{name}: {problem}" for problem in found]
 
 
-def tar_violations(members: Iterable[tarfile.TarInfo]) -> list[str]:
+def tar_violations(members: Iterable[tarfile.TarInfo], required: Sequence[str] = REQUIRED_MEMBERS) -> list[str]:
     found, names = [], set()
     for member in members:
         names.add(member.name)
         found += member_violations(member)
     found += [f"{req}: missing (Proxmox detects the OS from it)"
-              for req in REQUIRED_MEMBERS if req not in names]
+              for req in required if req not in names]
     return found
 
 
@@ -68,9 +68,11 @@ def template_violations(path: Path) -> list[str]:
             return tar_violations(tar)
 
 
-def check_template(path: Path) -> None:
-    """Raise TemplateError naming the first violations, if there are any."""
-    found = template_violations(path)
+def check_tar(path: Path, required: Sequence[str]) -> None:
+    """Raise TemplateError naming the first violations of a plain .tar (a template or one of its
+    pieces, which must hold ``required``), if there are any."""
+    with tarfile.open(path) as tar:
+        found = tar_violations(tar, required)
     if found:
         more = f"\n  ... and {len(found) - SHOWN} more" if len(found) > SHOWN else ""
         raise TemplateError(

@@ -8,6 +8,7 @@ from pipeline.contract import (
     BuiltTemplateInfo,
     CacheEntry,
     ImageManifest,
+    PieceSize,
     TemplateId,
 )
 
@@ -32,4 +33,5 @@ def build_manifest(template_file: str, sha256: str) -> BuildManifest:
         base=CacheEntry(key="b" * 64, rebuilt=False),
         layers={name: CacheEntry(key=key, rebuilt=False) for name, key in layers.items()},
         debian_packages=inside.debian_packages, system=inside.system, image_manifest=inside, restart=RESTART,
+        sizes={"system": PieceSize(unpacked=2000, compressed=500, largest={"./usr": 2000})},
     )
