@@ -1,90 +1,92 @@
-"""Build benchmark: per-step times of a cold build (fresh cache), the time of a warm rebuild
-with nothing changed, and the compressed and unpacked sizes of the template and each sysext.
+"""Build benchmark (issue 13), one run with a scratch cache:
 
-    sudo .venv/bin/python benchmarks/bench_build.py [--site sites/lab.yml] [--keep]
+1. cold build of the lab site (everything downloaded and built again), per step;
+2. no-op rebuild;
+3. one-layer change: the Meridian stand-in bumped to a new version (``--update-lock``);
+4. no-op rebuilds after alternating: the first version again, then the bumped one;
+5. the ratio one-layer / cold (goal ≤ 0.10) and where the template's bytes go.
 
-Run as root (like the build). The cold build downloads everything again (Debian, npm, PyPI).
+    sudo .venv/bin/python -m benchmarks.bench_build [--keep] [--json FILE]
+
+Run as root (like the build). Each build is the real CLI in a subprocess (what a user runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-from pipeline.builder.orchestrate import build
-from pipeline.config import load_site
 from pipeline.contract import BUILD_MANIFEST, BuildManifest, read_build_manifest
-from pipeline.digest import file_sha256
-from pipeline.progress import timeline
-from pipeline.runner import run
-from tests.plugins.paths import REPO_ROOT
+from tests.plugins.acceptance import LAB_SITE, bumped_site, bumped_version, pipeline_cli
 
-MIB = 1024 * 1024
+MIB = 1 << 20
 
 
-def timed_build(site_file: Path, out: Path, cache: Path) -> tuple[float, list, BuildManifest]:
-    timeline.steps.clear()
+def timed_build(site: Path, out: Path, cache: Path, log: Path, *extra: str) -> tuple[float, BuildManifest]:
     start = time.monotonic()
-    doc = build(load_site(site_file), out, cache)
-    return time.monotonic() - start, list(timeline.steps), doc
+    pipeline_cli(["build", "--site", str(site), "--out", str(out), "--cache", str(cache), *extra], log=log)
+    return time.monotonic() - start, read_build_manifest(out / BUILD_MANIFEST)
 
 
-def unpacked_template_bytes(template: Path, scratch: Path) -> int:
-    plain = scratch / "template.tar"
-    run(["zstd", "-d", "-q", "-f", template, "-o", plain], timeout=1800)
-    with tarfile.open(plain) as tar:
-        total = sum(m.size for m in tar if m.isreg())
-    plain.unlink()
-    return total
+def rebuilt(doc: BuildManifest) -> str:
+    names = [name for name, layer in doc.layers.items() if layer.rebuilt]
+    return ", ".join(names + (["template"] if doc.template.rebuilt else [])) or "nothing"
 
 
-def tree_bytes(root: Path) -> int:
-    return sum(p.lstat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+def step_lines(log: Path) -> list[str]:
+    """The build's own per-step report (``ok NAME (12.3s)`` lines), from its log."""
+    return [line.rstrip() for line in log.read_text().splitlines() if line.strip().startswith(("ok ", "skipped "))]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--site", type=Path, default=REPO_ROOT / "sites" / "lab.yml")
-    parser.add_argument("--keep", action="store_true", help="keep the scratch cache and output")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch cache and outputs")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-build-", dir="/var/tmp"))
-    cache, out = work / "cache", work / "out"
+    cache = work / "cache"
+    figures: dict[str, object] = {}
+    seconds_of: dict[str, float] = {}
     try:
-        cold_s, cold_steps, doc = timed_build(args.site, out, cache)
-        warm_s, warm_steps, _ = timed_build(args.site, out, cache)
-        print(f"cold build: {cold_s:.1f}s   (fresh cache {cache})")
-        for record in cold_steps:
-            print(f"  {record.seconds:8.1f}s  {record.status:8s} {record.name}")
-        print(f"warm rebuild, nothing changed: {warm_s:.1f}s "
-              f"({sum(r.status == 'skipped' for r in warm_steps)} steps skipped)")
-        report_sizes(doc, out, cache, work)
+        bumped = bumped_site(work, bumped_version())
+        runs = [("cold", LAB_SITE, "a", ()), ("no-op", LAB_SITE, "a", ()),
+                ("one layer (Meridian bumped)", bumped, "b", ("--update-lock",)),
+                ("no-op, back to the first version", LAB_SITE, "a", ()),
+                ("no-op, the bumped version again", bumped, "b", ())]
+        docs = {}
+        for name, site, out, extra in runs:
+            log = work / f"{len(figures)}.log"
+            seconds, docs[out] = timed_build(site, work / out, cache, log, *extra)
+            figures[name] = seconds_of[name] = round(seconds, 1)
+            print(f"{name:36s} {seconds:7.1f} s   rebuilt: {rebuilt(docs[out])}", flush=True)
+            if name == "cold":
+                print("\n".join(f"    {line}" for line in step_lines(log)))
+        ratio = seconds_of["one layer (Meridian bumped)"] / seconds_of["cold"]
+        figures["one layer / cold"] = round(ratio, 3)
+        print(f"one layer / cold: {ratio:.3f} (goal <= 0.10)")
+        print_sizes(docs["a"], work / "a")
+        figures["sizes"] = {name: {"unpacked_mib": round(s.unpacked / MIB), "compressed_mib": round(s.compressed / MIB)}
+                            for name, s in docs["a"].sizes.items()}
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2) + "\n")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
-def report_sizes(doc: BuildManifest, out: Path, cache: Path, work: Path) -> None:
+def print_sizes(doc: BuildManifest, out: Path) -> None:
     template = out / doc.template.file
-    print("sizes (compressed / unpacked):")
-    print(f"  template {template.name}: {template.stat().st_size / MIB:.0f} MiB / "
-          f"{unpacked_template_bytes(template, work) / MIB:.0f} MiB")
-    reference = REPO_ROOT / "build" / "lab" / BUILD_MANIFEST
-    earlier = read_build_manifest(reference).artifacts if reference.exists() else ()
-    earlier_hashes = {a.path: a.sha256 for a in earlier}
-    for name, layer in doc.layers.items():
-        raw = out / "sysext" / f"{name}.raw"
-        tree = cache / "layers" / name / layer.key / "tree"
-        same = earlier_hashes.get(f"sysext/{name}.raw")
-        repro = "" if same is None else \
-            f"  (same bytes as build/lab: {'yes' if same == file_sha256(raw) else 'no'})"
-        print(f"  sysext {name}.raw: {raw.stat().st_size / MIB:.0f} MiB / "
-              f"{tree_bytes(tree) / MIB:.0f} MiB{repro}")
+    print(f"template {template.name}: {template.stat().st_size / MIB:.0f} MiB compressed")
+    for name, size in doc.sizes.items():
+        print(f"  {name:9s} {size.unpacked / MIB:6.0f} MiB unpacked, {size.compressed / MIB:4.0f} MiB in the template")
+        for path, n in size.largest.items():
+            print(f"      {n / MIB:6.1f} MiB  {path}")
 
 
 if __name__ == "__main__":
