@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.builder import base, litellm, meridian, node
+from pipeline.builder import appliance_template, base, litellm, meridian, node, system
 from pipeline.builder.cache import Cache, Key, entry_size, tree_sha256
 from pipeline.builder.context import BuildContext
 from pipeline.builder.layers import Layer
@@ -71,13 +71,21 @@ def context(workspace: Path) -> BuildContext:
 
 
 def keys(workspace: Path) -> dict[str, str]:
+    """Every cache key of the build: the base, the layers, the template's pieces and the template."""
     ctx = context(workspace)
     base_key = base.base_key(ctx)
     node_key = node.layer_key(ctx, "node", node.__file__).hexdigest()
-    node_layer = Layer("node", node_key, workspace / "unused", rebuilt=False)
+    unused = workspace / "unused"
+    node_layer = Layer("node", node_key, unused, rebuilt=False)
     litellm_key = litellm.layer_key(ctx, "litellm", litellm.__file__).text("base", base_key).hexdigest()
-    return {"base": base_key, "node": node_key, "litellm": litellm_key,
-            "meridian": meridian.key(ctx, node_layer)}
+    layers = {"node": node_layer, "litellm": Layer("litellm", litellm_key, unused, rebuilt=False),
+              "meridian": Layer("meridian", meridian.key(ctx, node_layer), unused, rebuilt=False)}
+    the_base = base.Base(base_key, unused, rebuilt=False)
+    found = {"base": base_key} | {name: layer.key for name, layer in layers.items()}
+    found |= {f"piece:{name}": appliance_template.extension_piece_key(layer) for name, layer in layers.items()}
+    found["piece:system"] = system.piece_key(appliance_template.system_key(ctx, the_base))
+    found["template"] = appliance_template.template_key(ctx, the_base, layers)
+    return found
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -86,27 +94,33 @@ def edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
+MERIDIAN = {"meridian", "piece:meridian", "template"}
+NODE = {"node", "piece:node"} | MERIDIAN  # meridian runs on the node layer's node
+LITELLM = {"litellm", "piece:litellm", "template"}
+SYSTEM = {"piece:system", "template"}
+
 # (what is changed, which keys must change: all others must stay)
 CHANGES = [
-    (lambda w: edit(w / "standin/package.json", "1.40.0-standin.1", "1.40.0-standin.2"), {"meridian"}),
-    (lambda w: (w / "standin/bin/new.js").write_text("//\n"), {"meridian"}),
-    (lambda w: edit(w / "sysext/meridian/locks/standin.json", '"requires": true', '"requires": false'),
-     {"meridian"}),
+    (lambda w: edit(w / "standin/package.json", "1.40.0-standin.1", "1.40.0-standin.2"), MERIDIAN),
+    (lambda w: (w / "standin/bin/new.js").write_text("//\n"), MERIDIAN),
+    (lambda w: edit(w / "sysext/meridian/locks/standin.json", '"requires": true', '"requires": false'), MERIDIAN),
     (lambda w: (w / "sysext/meridian/locks/other-site.json").write_text("{}"), set()),
-    (lambda w: edit(w / "sysext/meridian/recipe.toml", "/usr/bin/meridian", "/usr/bin/meridian2"),
-     {"meridian"}),
-    (lambda w: edit(w / "sysext/node/lock.json", "22.23.3", "22.23.4"), {"node", "meridian"}),
+    (lambda w: edit(w / "sysext/meridian/recipe.toml", "/usr/bin/meridian", "/usr/bin/meridian2"), MERIDIAN),
+    (lambda w: edit(w / "sysext/node/lock.json", "22.23.3", "22.23.4"), NODE),
     (lambda w: edit(w / "sysext/litellm/requirements.lock", "litellm==", "litellm=="), set()),
-    (lambda w: edit(w / "sysext/litellm/requirements.lock", "aiohttp==", "aiohttp ==  "), {"litellm"}),
-    (lambda w: edit(w / "image/base.toml", '"procps",', '"procps", "less",'), {"base", "litellm"}),
-    (lambda w: edit(w / "sysext/common.toml", "VERSION_ID", "VERSION_ID "), {"node", "meridian", "litellm"}),
-    (lambda w: edit(w / "image/rootfs/etc/hosts", "localhost", "localhost.localdomain"), set()),
+    (lambda w: edit(w / "sysext/litellm/requirements.lock", "aiohttp==", "aiohttp ==  "), LITELLM),
+    (lambda w: edit(w / "image/base.toml", '"procps",', '"procps", "less",'), {"base"} | LITELLM | SYSTEM),
+    (lambda w: edit(w / "sysext/common.toml", "VERSION_ID", "VERSION_ID "), NODE | LITELLM),
+    (lambda w: edit(w / "image/rootfs/etc/hosts", "localhost", "localhost.localdomain"), SYSTEM),
+    (lambda w: edit(w / "image/trim.txt", "usr/share/lintian/*", "usr/share/lintian/*\nusr/share/bug/*"), SYSTEM),
     (lambda w: os.utime(w / "standin/package.json", (1, 1)), set()),
 ]
 
 
 @pytest.mark.parametrize(("change", "expected"), CHANGES)
-def test_keys_change_exactly_for_the_layers_whose_inputs_changed(workspace, change, expected):
+def test_keys_change_exactly_for_the_parts_whose_inputs_changed(workspace, change, expected):
+    """A changed layer rebuilds that layer and its piece; the system, its piece; any change, the
+    template (the join of the pieces); nothing else."""
     before = keys(workspace)
     change(workspace)
     after = keys(workspace)

@@ -101,11 +101,15 @@ def build(ctx: BuildContext, base: Base, layers: dict[str, Layer]) -> BuiltTempl
 
 
 
+def extension_piece_key(layer: Layer) -> str:
+    return (Key("extension-piece").text("layer", layer.key).text("path", f".{EXTENSIONS_DIR}/{layer.name}")
+            .file("frames", Path(frames.__file__)).hexdigest())
+
+
 def extension_piece(ctx: BuildContext, layer: Layer) -> tuple[Path, PieceSize]:
     """One layer's tree as ./var/lib/extensions/NAME, packed once per layer key."""
     inside = f".{EXTENSIONS_DIR}/{layer.name}"
-    key = (Key("extension-piece").text("layer", layer.key).text("path", inside)
-           .file("frames", Path(frames.__file__)).hexdigest())
+    key = extension_piece_key(layer)
     entry = ctx.cache.entry("pieces", layer.name, key)
     with step(f"pack {layer.name} piece"):
         if ctx.cache.has("pieces", layer.name, key):

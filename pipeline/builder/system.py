@@ -26,9 +26,13 @@ SHADOW_FILES = ("etc/shadow", "etc/shadow-")
 DAY = 86_400
 
 
+def piece_key(key_of_system: str) -> str:
+    return Key("system-piece").text("system", key_of_system).file("frames", Path(frames.__file__)).hexdigest()
+
+
 def system_piece(ctx: BuildContext, base: Base, key_of_system: str) -> tuple[Path, int, PieceSize]:
     """Everything but the extensions and the manifest, packed once per system key."""
-    key = Key("system-piece").text("system", key_of_system).file("frames", Path(frames.__file__)).hexdigest()
+    key = piece_key(key_of_system)
     entry = ctx.cache.entry("pieces", "system", key)
     with step("pack system piece"):
         if ctx.cache.has("pieces", "system", key):
