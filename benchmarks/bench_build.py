@@ -4,7 +4,8 @@
 2. no-op rebuild;
 3. one-layer change: the Meridian stand-in bumped to a new version (``--update-lock``);
 4. no-op rebuilds after alternating: the first version again, then the bumped one;
-5. the ratio one-layer / cold (goal ≤ 0.10) and where the template's bytes go.
+5. the ratio one-layer / cold (goal ≤ 0.10), where the template's bytes go, and zstd levels
+   compared on the largest piece (time and size).
 
     sudo .venv/bin/python -m benchmarks.bench_build [--keep] [--json FILE]
 
@@ -21,10 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.builder.frames import ZSTD_LEVEL
 from pipeline.contract import BUILD_MANIFEST, BuildManifest, read_build_manifest
+from pipeline.runner import run
 from tests.plugins.acceptance import LAB_SITE, bumped_site, bumped_version, pipeline_cli
 
 MIB = 1 << 20
+LEVELS = ("-3", "-6", "-9", "-12")
 
 
 def timed_build(site: Path, out: Path, cache: Path, log: Path, *extra: str) -> tuple[float, BuildManifest]:
@@ -70,6 +74,7 @@ def main() -> int:
         figures["one layer / cold"] = round(ratio, 3)
         print(f"one layer / cold: {ratio:.3f} (goal <= 0.10)")
         print_sizes(docs["a"], work / "a")
+        figures["compression"] = compare_levels(docs["a"], cache, work)
         figures["sizes"] = {name: {"unpacked_mib": round(s.unpacked / MIB), "compressed_mib": round(s.compressed / MIB)}
                             for name, s in docs["a"].sizes.items()}
         if args.json:
@@ -78,6 +83,24 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def compare_levels(doc: BuildManifest, cache: Path, work: Path) -> dict[str, dict[str, float]]:
+    """zstd levels on the largest piece (what frames.ZSTD_LEVEL was picked from)."""
+    name = max(doc.layers, key=lambda n: doc.sizes[n].unpacked)
+    (piece,) = cache.glob(f"pieces/{name}/*/{name}.tar.zst")
+    plain = work / f"{name}.tar"
+    run(["zstd", "-d", "-q", "-f", piece, "-o", plain], timeout=600)
+    found = {}
+    print(f"zstd -T0 on the {name} piece ({plain.stat().st_size / MIB:.0f} MiB of tar); the build uses {ZSTD_LEVEL}:")
+    for level in LEVELS:
+        start = time.monotonic()
+        run(["zstd", "-T0", level, "-q", "-f", plain, "-o", work / "level.zst"], timeout=1800)
+        seconds, size = time.monotonic() - start, (work / "level.zst").stat().st_size / MIB
+        found[level] = {"seconds": round(seconds, 1), "mib": round(size, 1)}
+        print(f"  {level:4s} {seconds:6.1f} s  {size:6.1f} MiB")
+    plain.unlink()
+    return found
 
 
 def print_sizes(doc: BuildManifest, out: Path) -> None:

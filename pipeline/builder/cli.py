@@ -11,7 +11,7 @@ from pipeline.builder.cache import DEFAULT_BUDGET_GIB, GIB
 from pipeline.builder.context import DEFAULT_CACHE
 from pipeline.builder.orchestrate import build, empty_cache
 from pipeline.config import load_site
-from pipeline.contract import BuildManifest
+from pipeline.contract import EXTENSIONS_DIR, BuildManifest
 from pipeline.errors import PipelineError
 from pipeline.progress import console
 
@@ -59,5 +59,7 @@ def print_sizes(doc: BuildManifest, dirs: int = 3) -> None:
     """Where the template's bytes go (all of it in manifest.json ``sizes``)."""
     console.print("size (unpacked / in the template), largest directories:")
     for name, size in doc.sizes.items():
-        largest = ", ".join(f"{path.removeprefix('./')} {n / MIB:.0f}" for path, n in list(size.largest.items())[:dirs])
+        inside = f".{EXTENSIONS_DIR}/{name}/" if name in doc.layers else "./"
+        shown = list(size.largest.items())[:dirs]
+        largest = ", ".join(f"{path.removeprefix(inside)} {n / MIB:.0f}" for path, n in shown)
         console.print(f"  {name:9s} {size.unpacked / MIB:6.0f} / {size.compressed / MIB:4.0f} MiB   {largest}")
