@@ -134,11 +134,14 @@ class Cache:
 
 
 def entry_size(entry: Path) -> int:
-    """Bytes on disk, as recorded when the entry was made (measured now for an older entry)."""
+    """Bytes on disk, as recorded when the entry was made (an entry from an older build is
+    measured once, and the figure kept)."""
     try:
         return int((entry / SIZE_FILE).read_text())
     except (OSError, ValueError):
-        return disk_usage(entry)
+        size = disk_usage(entry)
+        (entry / SIZE_FILE).write_text(f"{size}\n")
+        return size
 
 
 def disk_usage(root: Path) -> int:

@@ -1,20 +1,101 @@
 #!/opt/litellm/bin/python3
-"""/opt/litellm/bin/litellm: pip's console script for `litellm`, plus one start-up change.
+"""/opt/litellm/bin/litellm: pip's console script for `litellm`, plus two start-up changes.
 
-Importing the proxy creates millions of long-lived objects (thousands of pydantic models,
+1. Importing the proxy creates millions of long-lived objects (thousands of pydantic models,
 hundreds of FastAPI routes), and Python's cyclic garbage collector rescans the growing heap
 again and again while they are made: about a third of the start time, for nothing, since
 none of it is garbage. So: no collection until the proxy is imported, then gc.freeze()
 moves everything made so far out of the collector's sight and collection resumes as usual.
-Same imports in the same order as the plain script (the CLI module first: it sets sys.path
-and reads LITELLM_MODE; run_server() imports the proxy server first thing). See README.md.
+
+2. The openai SDK's type packages (openai.types and its subpackages) are generated files
+whose __init__.py only re-exports names from their modules (`from .x import X as X`), and
+importing one name from one of them runs all of them: ≈ 1 000 modules and their pydantic
+models, most of which this proxy never touches (agents, sessions, assistants, realtime …).
+Such a package is given a module __getattr__ instead, which imports a name's module when
+the name is first asked for, so only the modules actually used are imported. A package
+whose __init__.py holds anything else is imported as usual.
+
+Same imports in the same order as the plain script otherwise (the CLI module first: it sets
+sys.path and reads LITELLM_MODE; run_server() imports the proxy server first thing).
+See README.md.
 """
 
 import gc
 import importlib
+import importlib.machinery
+import os
 import re
 import sys
 
+LAZY_REEXPORT_PACKAGES = ("openai.types",)
+REEXPORT = re.compile(r"from \.([\w.]*) import \(?\s*(\w+) as (\w+),?\s*\)?\s*")
+NOTHING_ELSE = re.compile(r"(?:#[^\n]*|from __future__ import annotations|\s)*")
+
+
+class ReexportsOnFirstUse:
+    """Meta path finder: the packages above, when their __init__.py only re-exports."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if not any(name == p or name.startswith(p + ".") for p in LAZY_REEXPORT_PACKAGES):
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.submodule_search_locations and spec.origin:
+            exports = reexports(spec.origin)
+            if exports is not None:
+                spec.loader = LazyPackageLoader(spec.loader, exports)
+        return spec
+
+
+def reexports(init: str) -> dict[str, str] | None:
+    """{name: module it comes from} when the file is nothing but such re-exports (and no
+    name is also a submodule's, which the import system would overwrite), else None."""
+    with open(init, encoding="utf-8") as file:
+        text = file.read()
+    exports = {}
+    for match in REEXPORT.finditer(text):
+        module, name, alias = match.groups()
+        if not module or name != alias:
+            return None
+        exports[name] = module
+    if not NOTHING_ELSE.fullmatch(REEXPORT.sub("", text)):
+        return None
+    submodules = {entry.removesuffix(".py") for entry in os.listdir(os.path.dirname(init))}
+    return None if submodules & exports.keys() else exports
+
+
+class LazyPackageLoader:
+    """The package's own loader (resources, source …) with exec_module replaced."""
+
+    def __init__(self, loader, exports: dict[str, str]) -> None:
+        self.loader, self.exports = loader, exports
+
+    def __getattr__(self, name: str):
+        return getattr(self.loader, name)
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module) -> None:
+        exports, package = self.exports, module.__name__
+        modules = {m.split(".")[0] for m in exports.values()}
+
+        def __getattr__(attr: str):
+            if attr in exports:
+                value = getattr(importlib.import_module(f".{exports[attr]}", package), attr)
+            elif attr in modules:  # the eager __init__ imported these submodules too
+                value = importlib.import_module(f".{attr}", package)
+            else:
+                raise AttributeError(f"module {package!r} has no attribute {attr!r}")
+            setattr(module, attr, value)
+            return value
+
+        module.__getattr__ = __getattr__
+        module.__dir__ = lambda: sorted({*module.__dict__, *exports, *modules})
+        module.__all__ = list(exports)
+
+
+sys.meta_path.insert(0, ReexportsOnFirstUse)
 gc.disable()
 from litellm import run_server  # noqa: E402
 
