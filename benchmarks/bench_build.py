@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -52,6 +54,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch cache and outputs")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    # The build writes no secret; the harness passes the lab key through, so it needs one.
+    os.environ.setdefault("MERIDIAN_LAB_MASTER_KEY", "sk-" + secrets.token_urlsafe(32))
     work = Path(tempfile.mkdtemp(prefix="bench-build-", dir="/var/tmp"))
     cache = work / "cache"
     figures: dict[str, object] = {}

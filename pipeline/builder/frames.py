@@ -93,7 +93,7 @@ def measure(plain: Path, lines: int = LARGEST_SHOWN) -> tuple[int, dict[str, int
         if own.get(folder):
             parts[f"{folder}/."] = own[folder]
     largest = sorted(parts.items(), key=lambda item: (-item[1], item[0]))[:lines]
-    return total, dict(largest)
+    return total, {path: size for path, size in largest if size * 100 >= total}  # 1 % and more
 
 
 def _cut_end_marker(plain: Path) -> None:
