@@ -9,11 +9,12 @@ moves everything made so far out of the collector's sight and collection resumes
 
 2. The openai SDK's type packages (openai.types and its subpackages) are generated files
 whose __init__.py only re-exports names from their modules (`from .x import X as X`), and
-importing one name from one of them runs all of them: ≈ 1 000 modules and their pydantic
-models, most of which this proxy never touches (agents, sessions, assistants, realtime …).
-Such a package is given a module __getattr__ instead, which imports a name's module when
-the name is first asked for, so only the modules actually used are imported. A package
-whose __init__.py holds anything else is imported as usual.
+importing one name from such a package runs every module it re-exports: ≈ 1 000 modules
+across openai.types, with their pydantic models, nearly half of which this proxy never
+touches (agents, sessions, assistants …). Such a package is given a module __getattr__
+instead, which imports a name's module when the name is first asked for, so only the
+modules actually used are imported. A package whose __init__.py holds anything else (or
+re-exports a name that is also a submodule's) is imported as usual.
 
 Same imports in the same order as the plain script otherwise (the CLI module first: it sets
 sys.path and reads LITELLM_MODE; run_server() imports the proxy server first thing).
