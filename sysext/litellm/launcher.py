@@ -1,5 +1,5 @@
 #!/opt/litellm/bin/python3
-"""/opt/litellm/bin/litellm: pip's console script for `litellm`, plus two start-up changes.
+"""/opt/litellm/bin/litellm: the console script for `litellm`, plus two start-up changes.
 
 1. Importing the proxy creates millions of long-lived objects (thousands of pydantic models,
 hundreds of FastAPI routes), and Python's cyclic garbage collector rescans the growing heap
