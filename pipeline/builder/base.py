@@ -7,12 +7,14 @@ the base or the litellm layer (whose venv uses the base's python3).
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.builder.cache import Key
 from pipeline.builder.context import BuildContext, read_toml
-from pipeline.progress import Skip, step
+from pipeline.progress import Skip, console, step
 from pipeline.runner import run
 
 
@@ -31,16 +33,39 @@ def base_key(ctx: BuildContext) -> str:
     return Key("base").file("recipe", ctx.image_dir / "base.toml").file("code", Path(__file__)).hexdigest()
 
 
-def build(ctx: BuildContext) -> Base:
+@dataclass(frozen=True)
+class PendingBase:
+    """A base being bootstrapped in the background (``bootstrap`` is None when it was cached)."""
+
+    base: Base
+    bootstrap: Future[None] | None
+    started: float
+
+
+def start(ctx: BuildContext, background: Executor) -> PendingBase:
+    """Start the bootstrap (half a minute of downloading and unpacking Debian) beside the
+    steps that do not need the base; ``wait`` returns it."""
     key = base_key(ctx)
     cached = ctx.cache.has("base", "debian", key)
     base = Base(key, ctx.cache.entry("base", "debian", key), rebuilt=not cached)
+    if cached:
+        return PendingBase(base, None, time.monotonic())
+    console.print("[bold]>[/bold] bootstrap Debian base: started in the background")
+    return PendingBase(base, background.submit(bootstrap, ctx, key), time.monotonic())
+
+
+def wait(pending: PendingBase) -> Base:
     with step("bootstrap Debian base"):
-        if cached:
-            raise Skip(f"cached ({key[:12]})")
-        with ctx.cache.filling("base", "debian", key) as scratch:
-            mmdebstrap(ctx, scratch / "rootfs")
-    return base
+        if pending.bootstrap is None:
+            raise Skip(f"cached ({pending.base.key[:12]})")
+        pending.bootstrap.result()
+        console.print(f"  took {time.monotonic() - pending.started:.1f}s in all, the time above is the wait for it")
+    return pending.base
+
+
+def bootstrap(ctx: BuildContext, key: str) -> None:
+    with ctx.cache.filling("base", "debian", key) as scratch:
+        mmdebstrap(ctx, scratch / "rootfs")
 
 
 def mmdebstrap(ctx: BuildContext, rootfs: Path) -> None:

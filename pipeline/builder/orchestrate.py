@@ -10,6 +10,7 @@ import fcntl
 import os
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Literal
@@ -59,16 +60,16 @@ def build(site: Site, out: Path, cache_root: Path, *, update_lock: bool = False,
         meridian.check_source(ctx, need_lock=not update_lock)
     out.mkdir(parents=True, exist_ok=True)
     with cache_lock(cache_root):
-        base = base_layer.build(ctx)
-        node_layer = node.build(ctx)
-        if update_lock:
-            with step("update Meridian lock file"):
-                meridian.update_lock(ctx, node_layer)
-        layers = {
-            "node": node_layer,
-            "litellm": litellm.build(ctx, base),
-            "meridian": meridian.build(ctx, node_layer),
-        }
+        # node and meridian do not need the base: they are built while it bootstraps.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bootstrap") as background:
+            pending_base = base_layer.start(ctx, background)
+            node_layer = node.build(ctx)
+            if update_lock:
+                with step("update Meridian lock file"):
+                    meridian.update_lock(ctx, node_layer)
+            meridian_layer = meridian.build(ctx, node_layer)
+            base = base_layer.wait(pending_base)
+        layers = {"node": node_layer, "litellm": litellm.build(ctx, base), "meridian": meridian_layer}
         assert tuple(sorted(layers)) == LAYER_NAMES
         tmpl = appliance_template.build(ctx, base, layers)
         with step("export template and sysext images"):
