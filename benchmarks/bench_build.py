@@ -2,7 +2,7 @@
 
 1. cold build of the lab site (everything downloaded and built again), per step;
 2. no-op rebuild;
-3. one-layer change: the Meridian stand-in bumped to a new version (``--update-lock``);
+3. one-layer change: the Meridian stand-in bumped to a new version (``--update-lock``), per step;
 4. no-op rebuilds after alternating: the first version again, then the bumped one;
 5. the ratio one-layer / cold (goal ≤ 0.10), where the template's bytes go, and zstd levels
    compared on the largest piece (time and size).
@@ -72,7 +72,7 @@ def main() -> int:
             seconds, docs[out] = timed_build(site, work / out, cache, log, *extra)
             figures[name] = seconds_of[name] = round(seconds, 1)
             print(f"{name:36s} {seconds:7.1f} s   rebuilt: {rebuilt(docs[out])}", flush=True)
-            if name == "cold":
+            if extra or name == "cold":
                 print("\n".join(f"    {line}" for line in step_lines(log)))
         ratio = seconds_of["one layer (Meridian bumped)"] / seconds_of["cold"]
         figures["one layer / cold"] = round(ratio, 3)
