@@ -4,8 +4,8 @@
 2. no-op rebuild;
 3. one-layer change: the Meridian stand-in bumped to a new version (``--update-lock``), per step;
 4. no-op rebuilds after alternating: the first version again, then the bumped one;
-5. the ratio one-layer / cold (goal ≤ 0.10), where the template's bytes go, and zstd levels
-   compared on the largest piece (time and size).
+5. the ratio one-layer / cold (goal ≤ 0.10), where the template's bytes go, zstd levels
+   compared on the largest piece and squashfs zstd levels on the largest layer (time and size).
 
     sudo .venv/bin/python -m benchmarks.bench_build [--keep] [--json FILE]
 
@@ -24,13 +24,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.builder.context import read_toml
 from pipeline.builder.frames import ZSTD_LEVEL
 from pipeline.contract import BUILD_MANIFEST, BuildManifest, read_build_manifest
+from pipeline.resources import data_dir
 from pipeline.runner import run
 from tests.plugins.acceptance import LAB_SITE, bumped_site, bumped_version, pipeline_cli
 
 MIB = 1 << 20
 LEVELS = ("-3", "-6", "-9", "-12")
+SQUASH_LEVELS = ("3", "6", "9")
 
 
 def timed_build(site: Path, out: Path, cache: Path, log: Path, *extra: str) -> tuple[float, BuildManifest]:
@@ -79,6 +82,7 @@ def main() -> int:
         print(f"one layer / cold: {ratio:.3f} (goal <= 0.10)")
         print_sizes(docs["a"], work / "a")
         figures["compression"] = compare_levels(docs["a"], cache, work)
+        figures["squashfs"] = compare_squash_levels(docs["a"], cache, work)
         figures["sizes"] = {name: {"unpacked_mib": round(s.unpacked / MIB), "compressed_mib": round(s.compressed / MIB)}
                             for name, s in docs["a"].sizes.items()}
         if args.json:
@@ -104,6 +108,25 @@ def compare_levels(doc: BuildManifest, cache: Path, work: Path) -> dict[str, dic
         found[level] = {"seconds": round(seconds, 1), "mib": round(size, 1)}
         print(f"  {level:4s} {seconds:6.1f} s  {size:6.1f} MiB")
     plain.unlink()
+    return found
+
+
+def compare_squash_levels(doc: BuildManifest, cache: Path, work: Path) -> dict[str, dict[str, float]]:
+    """mksquashfs zstd levels on the largest layer's tree (what sysext/common.toml was picked from)."""
+    name = max(doc.layers, key=lambda n: doc.sizes[n].unpacked)
+    tree = cache / "layers" / name / doc.layers[name].key / "tree"
+    options = read_toml(data_dir("sysext") / "common.toml")["squashfs"]["options"]
+    level_at = options.index("-Xcompression-level") + 1
+    found = {}
+    print(f"mksquashfs zstd on the {name} layer; the build uses level {options[level_at]}:")
+    for level in SQUASH_LEVELS:
+        argv = [*options[:level_at], level, *options[level_at + 1:]]
+        start = time.monotonic()
+        run(["mksquashfs", tree, work / "level.raw", *argv], timeout=1800)
+        seconds, size = time.monotonic() - start, (work / "level.raw").stat().st_size / MIB
+        found[level] = {"seconds": round(seconds, 1), "mib": round(size, 1)}
+        print(f"  {level:4s} {seconds:6.1f} s  {size:6.1f} MiB")
+    (work / "level.raw").unlink()
     return found
 
 
