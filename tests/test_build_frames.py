@@ -63,7 +63,8 @@ def pieces(root: Path, out: Path, log: Path) -> Path:
     frames.pack_piece(root, [manifest], parts[-1], epoch=EPOCH, last=True, log=log,
                       restate=["./var/lib/extensions", "./etc/meridian-appliance"])
     joined = out / "joined.tar.zst"
-    frames.join(parts, joined)
+    digest = frames.join(parts, joined)
+    assert digest == file_sha256(joined)  # computed while joining: the build records it
     return joined
 
 

@@ -25,6 +25,7 @@ from pipeline.contract import (
     write_manifest,
     write_sizes,
 )
+from pipeline.digest import record_sha256
 from pipeline.progress import Skip, step
 from pipeline.runner import run
 
@@ -93,7 +94,7 @@ def build(ctx: BuildContext, base: Base, layers: dict[str, Layer]) -> BuiltTempl
             doc = image_manifest(template, system_key(ctx, base), base, layers)
             with step("join pieces"):
                 last = manifest_piece(ctx, doc, scratch / "manifest.tar.zst", epoch)
-                frames.join([*pieces, last], scratch / template.filename)
+                record_sha256(scratch / template.filename, frames.join([*pieces, last], scratch / template.filename))
                 last.unlink()
             write_manifest(doc, scratch / "manifest.json")
     return template

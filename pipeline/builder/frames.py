@@ -13,8 +13,8 @@ mtimes clamped to an epoch) and checked against Proxmox's rules before it is com
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
-import shutil
 import tarfile
 from collections import defaultdict
 from collections.abc import Sequence
@@ -105,9 +105,14 @@ def _cut_end_marker(plain: Path) -> None:
         fh.truncate(size - END_MARKER)
 
 
-def join(pieces: Sequence[Path], dest: Path) -> None:
-    """The template: the pieces end to end, the one holding the end-of-archive marker last."""
+def join(pieces: Sequence[Path], dest: Path) -> str:
+    """The template: the pieces end to end, the one holding the end-of-archive marker last.
+    Returns its sha256, computed on the way (the template is not read again for it)."""
+    digest = hashlib.sha256()
     with open(dest, "wb") as out:
         for piece in pieces:
             with open(piece, "rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+    return digest.hexdigest()

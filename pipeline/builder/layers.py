@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pipeline.builder.cache import Key
 from pipeline.builder.context import BuildContext, read_toml
+from pipeline.digest import record_sha256
 from pipeline.progress import Skip, step
 from pipeline.runner import run
 
@@ -69,6 +70,7 @@ def build_layer(ctx: BuildContext, name: str, key: str, install: Installer) -> L
             (scratch / "versions.json").write_text(json.dumps(versions, indent=2) + "\n")
             with step(f"squash {name}.raw"):
                 squash(ctx, tree, scratch / f"{name}.raw", log=ctx.log(f"squash-{name}"))
+                record_sha256(scratch / f"{name}.raw")
     return layer
 
 

@@ -31,7 +31,7 @@ from pipeline.contract import (
     CacheEntry,
     write_manifest,
 )
-from pipeline.digest import file_sha256
+from pipeline.digest import file_sha256, recorded_sha256
 from pipeline.errors import PipelineError
 from pipeline.polling import wait_until
 from pipeline.progress import Skip, console, step
@@ -95,9 +95,10 @@ def export(ctx: BuildContext, tmpl: appliance_template.BuiltTemplate, layers: di
     for old in ctx.out.glob(f"{tmpl.name}_*_amd64.tar.zst"):
         if old.name != tmpl.filename:
             old.unlink()
-    found = [artifact(ctx.out, "template", place(tmpl.path, ctx.out / tmpl.filename))]
+    found = [artifact(ctx.out, "template", place(tmpl.path, ctx.out / tmpl.filename), recorded_sha256(tmpl.path))]
     for _name, layer in sorted(layers.items()):
-        found.append(artifact(ctx.out, "sysext", place(layer.raw, ctx.out / "sysext" / layer.raw.name)))
+        found.append(artifact(ctx.out, "sysext", place(layer.raw, ctx.out / "sysext" / layer.raw.name),
+                              recorded_sha256(layer.raw)))
     return found
 
 
@@ -113,8 +114,9 @@ def place(src: Path, dest: Path) -> Path:
     return dest
 
 
-def artifact(out: Path, kind: Literal["template", "sysext", "seed"], path: Path) -> Artifact:
-    return Artifact(kind=kind, path=path.relative_to(out).as_posix(), sha256=file_sha256(path))
+def artifact(out: Path, kind: Literal["template", "sysext", "seed"], path: Path, sha256: str | None = None) -> Artifact:
+    """``sha256``: the digest recorded when a cached file was made, else it is computed."""
+    return Artifact(kind=kind, path=path.relative_to(out).as_posix(), sha256=sha256 or file_sha256(path))
 
 
 def manifest(tmpl: appliance_template.BuiltTemplate, base: base_layer.Base, layers: dict[str, Layer],
