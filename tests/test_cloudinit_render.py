@@ -160,6 +160,18 @@ def test_activation_script_starts_the_services_before_cloud_init_runs():
     assert lines[0] == "set -eu"
 
 
+def test_cloud_init_waits_for_the_services_to_listen_when_given_their_ports():
+    """Between the services' start and cloud-init's stages, a bounded wait for every port."""
+    seed = render_seed(load_site(SITES[0]), master_key=fresh_key(), instance_id="iid-test")
+    lines = activation_script(seed, ports=(3456, 4000)).decode().splitlines()
+    start = lines.index("systemctl start --no-block meridian.service litellm.service")
+    (wait,) = [i for i, line in enumerate(lines) if line.startswith("i=0; until ")]
+    assert start < wait < lines.index("cloud-init clean --logs")
+    assert "ss -Hltn 'sport = :3456' | grep -q . && ss -Hltn 'sport = :4000' | grep -q ." in lines[wait]
+    assert "[ $i -ge 600 ]" in lines[wait]  # bounded: then cloud-init runs anyway
+    assert not any(line.startswith("i=0; until ") for line in activation_script(seed).decode().splitlines())
+
+
 @pytest.fixture
 def templates(tmp_path):
     copy = tmp_path / "cloudinit"

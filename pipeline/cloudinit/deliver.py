@@ -6,7 +6,10 @@ disabled cloud-init for that boot (and ds-identify cached that verdict in /run/c
 The script
 
 1. writes the user-data's ``write_files`` right away and runs its ``systemctl`` runcmd lines,
-   so the services start at once, not after cloud-init's four stages;
+   so the services start at once, not after cloud-init's four stages; then, when given the
+   services' ports, waits (bounded) until they listen: cloud-init's stages are seconds of
+   Python that would otherwise share the CPU with the services' first start (measured in the
+   lab: LiteLLM's start took 6.1 s beside them against about 2.5 s alone);
 2. writes the seed and the datasource pin, drops the cached verdict, re-runs the generator
    (``systemctl daemon-reload``), which now enables cloud-init, and runs the four stages in
    boot order as one blocking transaction — the same code path as a boot with a baked seed.
@@ -47,6 +50,9 @@ ACTIVATE_COMMANDS: tuple[str, ...] = (
 # Bounded: a stage that dies before writing status.json leaves `--wait` polling forever.
 WAIT_SECONDS = 600
 WAIT_COMMAND = f"timeout {WAIT_SECONDS} cloud-init status --wait --long"
+# The wait for the services to listen: at most LISTEN_POLLS * 0.1 s (then cloud-init runs
+# anyway; the gate finds a service that never came up).
+LISTEN_POLLS = 600
 
 
 def container_files(seed: Seed) -> list[tuple[str, bytes, int]]:
@@ -86,11 +92,19 @@ def rewrite_script(seed: Seed, *, before: str, restart: Sequence[str]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def activation_script(seed: Seed) -> bytes:
-    """The whole delivery as one ``sh -s`` script (see the module docstring)."""
+def listening(ports: Sequence[int]) -> str:
+    """A shell condition: every port has a listening TCP socket in the container."""
+    return " && ".join(f"ss -Hltn {shlex.quote(f'sport = :{port}')} | grep -q ." for port in ports)
+
+
+def activation_script(seed: Seed, *, ports: Sequence[int] = ()) -> bytes:
+    """The whole delivery as one ``sh -s`` script (see the module docstring); ``ports``: the
+    services' ports, which cloud-init's stages wait for."""
     lines = ["set -eu", "umask 077", "# 1. the services' files, then start them"]
     lines += [_write(*entry) for entry in service_files(seed)]
     lines += [shlex.join(argv) for argv in service_starts(seed)]
+    if ports:
+        lines += [f"i=0; until {listening(ports)} || [ $i -ge {LISTEN_POLLS} ]; do sleep 0.1; i=$((i+1)); done"]
     lines.append("# 2. the seed and the pin, then cloud-init's stages in boot order")
     lines += [_write(path, content, "root:root", f"{mode:o}") for path, content, mode in container_files(seed)]
     lines += list(ACTIVATE_COMMANDS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from pipeline.replace import state as st
 from pipeline.replace.gate import run_gate
 from pipeline.replace.journal import Journal
 from pipeline.replace.plan import STEPS, check, next_step, step_line
+from pipeline.replace.probe import POLL_SECONDS as SERVE_POLL
 from pipeline.replace.probe import serving, wait_serving
 from pipeline.replace.ssh import SSH
 from pipeline.replace.template_file import LocalTemplate, TemplateRef
@@ -466,11 +468,25 @@ def _seed(ctx: ReplaceContext, deployment: str) -> None:
         ctx.site, master_key=ctx.master_key, instance_id=f"iid-{deployment}",
         deploy_public_key=ctx.deploy_key,
     )
-    # One session: the services start first, cloud-init runs meanwhile (pipeline/cloudinit/deliver.py).
-    ssh.run(["sh", "-s"], input=activation_script(rendered), timeout=CLOUD_INIT_TIMEOUT,
-            secrets=[ctx.master_key])
+    # One session: the services start first, cloud-init's stages once they listen
+    # (pipeline/cloudinit/deliver.py). The session goes on for cloud-init after the ports serve,
+    # so their first answer is watched from here meanwhile: that is when the window closes.
+    address, up_at = ctx.site.container.network.ip, 0.0
+
+    def served_or_session_over() -> bool:
+        nonlocal up_at
+        if serving(address, ctx.ports):
+            up_at = time.time()
+            return True
+        return session.done()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seed") as pool:
+        session = pool.submit(ssh.run, ["sh", "-s"], input=activation_script(rendered, ports=ctx.ports),
+                              timeout=CLOUD_INIT_TIMEOUT, secrets=[ctx.master_key])
+        wait_until(served_or_session_over, timeout=SERVE_TIMEOUT, pause=SERVE_POLL)
+        session.result()  # what the session raised; else cloud-init finished cleanly
     _record_seed(ctx, ctx.fingerprint())
-    ctx.downtime["up_at"] = wait_serving(ctx.site.container.network.ip, ctx.ports, SERVE_TIMEOUT)
+    ctx.downtime["up_at"] = up_at or wait_serving(address, ctx.ports, SERVE_TIMEOUT)
     ctx.journal.set("seeded", deployment)
 
 
