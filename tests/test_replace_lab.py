@@ -176,8 +176,8 @@ def test_first_deploy(lab: Lab, templates: dict[str, Path]) -> None:
     result = replace_ct(lab.site_file, lab.tmp, "--template", str(templates["A"]), "--yes")
     assert result.code == 0, result.output
     deployed(lab, templates["A"])
-    holder = lab.ct(lab.site.container.holder_vmid)
-    assert holder.exists and holder.holder and not holder.running
+    # No volume to park yet: the holder is the first replace's to make, before its stop.
+    assert not lab.ct(lab.site.container.holder_vmid).exists
     assert result.report["outcome"] == "deployed"
     assert result.report["template_after"]["name"] == resolve(templates["A"]).ref.name
     names = [s["name"] for s in result.report["steps"]]
@@ -212,6 +212,11 @@ def test_replace_keeps_the_credentials(lab: Lab, templates: dict[str, Path], sui
     assert result.report["downtime_seconds"] > 0
     # Nothing slow inside the window: the new CT template was made while CT 470 still served.
     assert window(result.report) == ["shut", "move", "delete", "clone", "move", "start"]
+    names = [s["name"] for s in result.report["steps"]]
+    assert names.index(f"create the holder CT {HOLDER} (never started) for the credentials volume") < names.index(
+        f"shut down CT {VMID}")
+    holder = lab.ct(lab.site.container.holder_vmid)
+    assert holder.exists and holder.holder and not holder.running
     templates_now = {lab.ct(v).template for v in TEMPLATE_CTS if lab.ct(v).exists}
     assert templates_now == {resolve(templates["A"]).ref, resolve(templates["B"]).ref}
 

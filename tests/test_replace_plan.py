@@ -41,7 +41,7 @@ REPLACE = ("stop", "park", "delete", "create", "unpark", "start", "seed", "gate"
     ("world", "target", "expected"),
     [
         pytest.param(World(ct=CT(457), holder=CT(9457)), NEW,
-                     ("upload", "holder", "create", "start", "seed", "gate"), id="first-deploy"),
+                     ("upload", "create", "start", "seed", "gate"), id="first-deploy"),
         pytest.param(DEPLOYED, OLD, (), id="nothing-to-do"),
         pytest.param(replace(DEPLOYED, uploaded=False), NEW,
                      ("upload", *REPLACE), id="replace"),
@@ -156,7 +156,7 @@ CLONE_REPLACE = ("stop", "park", "delete", "clone", "unpark", "start", "seed", "
     ("world", "target", "expected"),
     [
         pytest.param(World(ct=CT(457), holder=CT(9457), linked=True, slots=SLOTS), NEW,
-                     ("upload", "base", "templatize", "holder", "clone", "volume", "start", "seed", "gate"),
+                     ("upload", "base", "templatize", "clone", "volume", "start", "seed", "gate"),
                      id="first-deploy-linked"),
         pytest.param(replace(LINKED, uploaded=False), NEW,
                      ("upload", "base", "templatize", *CLONE_REPLACE), id="replace-linked"),

@@ -151,7 +151,7 @@ def next_step(world: World, target: TemplateRef) -> str | None:
         if base:
             return "templatize"
         return "base" if world.base_vmid(target) is not None else "prune"
-    if not holder.exists:
+    if not holder.exists and ct.exists and outdated:  # a first deploy needs none: its next replace makes it
         return "holder"
     if ct.exists and ct.running and (outdated or volume_parked):
         return "stop"

@@ -11,15 +11,17 @@ from __future__ import annotations
 import shlex
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
 from pipeline.errors import PipelineError, ToolError
 from pipeline.polling import wait_until
-from pipeline.runner import run
+from pipeline.runner import ANY_EXIT, run
 
 CONNECT_TIMEOUT = 5
 # Waiting for a container that just started: sshd listens about 0.3 s after the start, so
@@ -29,6 +31,9 @@ PORT_POLL_SECONDS = 0.1
 PORT_PROBE_TIMEOUT = 0.5
 LOGIN_ATTEMPTS = 20
 LOGIN_RETRY_SECONDS = 0.3
+# A shared connection's master exits by itself this long after its last session, should the
+# process that opened it die before closing it.
+SHARED_IDLE_SECONDS = 60
 
 def ensure_deploy_key(state_dir: Path, comment: str) -> str:
     """Create ``deploy_key`` (ed25519) in the state dir if missing; return the public key line."""
@@ -53,12 +58,15 @@ class SSH:
     key: Path
     known_hosts: Path
     user: str = "root"
+    control: Path | None = None  # the socket of a shared connection (see ``shared``)
 
     def _argv(self, command: str) -> list[str]:
+        shared = ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control}",
+                  "-o", f"ControlPersist={SHARED_IDLE_SECONDS}"] if self.control else []
         return [
             "ssh", "-i", str(self.key), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
             "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=accept-new",
-            "-o", f"ConnectTimeout={CONNECT_TIMEOUT}", "-o", "LogLevel=ERROR",
+            "-o", f"ConnectTimeout={CONNECT_TIMEOUT}", "-o", "LogLevel=ERROR", *shared,
             f"{self.user}@{self.address}", command,
         ]
 
@@ -105,6 +113,20 @@ class SSH:
             f"mv -f {shlex.quote(tmp)} {shlex.quote(path)}"
         )
         self.run(["sh", "-c", script], input=content, secrets=secrets)
+
+
+@contextmanager
+def shared(ssh: SSH) -> Iterator[SSH]:
+    """``ssh`` with one connection for all its sessions (OpenSSH's ControlMaster): the first
+    session logs in, the later ones reuse that login (in a container that just booted, a
+    login costs about half a second). The master is closed on the way out."""
+    with tempfile.TemporaryDirectory(prefix="replace-ct-ssh-") as folder:
+        one = replace(ssh, control=Path(folder) / "master")
+        try:
+            yield one
+        finally:
+            run(["ssh", "-o", f"ControlPath={one.control}", "-O", "exit", f"{ssh.user}@{ssh.address}"],
+                timeout=CONNECT_TIMEOUT + 10, check=ANY_EXIT)
 
 
 def wait_port(address: str, port: int, deadline: float) -> bool:

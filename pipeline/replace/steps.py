@@ -30,7 +30,7 @@ from pipeline.replace.journal import Journal
 from pipeline.replace.plan import STEPS, check, next_step, step_line
 from pipeline.replace.probe import POLL_SECONDS as SERVE_POLL
 from pipeline.replace.probe import serving, wait_serving
-from pipeline.replace.ssh import SSH
+from pipeline.replace.ssh import SSH, shared
 from pipeline.replace.template_file import LocalTemplate, TemplateRef
 
 CRASH_ENV = "MERIDIAN_REPLACE_CRASH_AFTER"  # tests: SIGKILL this process right after step NAME
@@ -39,6 +39,8 @@ SERVE_TIMEOUT = 300
 CLOUD_INIT_TIMEOUT = 600
 LOCK_POLL_SECONDS = 2.0
 DEFAULT_KEEP = 2  # the deployed template and the one before it (a rollback's)
+# The steps between the stop and the seed: they change CT 457 and the holder, nothing else.
+WINDOW_STEPS = frozenset({"stop", "park", "delete", "clone", "unpark", "start"})
 
 
 class GateFailed(PipelineError):
@@ -100,15 +102,20 @@ def template_volid(site: Site, ref: TemplateRef) -> str:
 # -- reading the real state ------------------------------------------------------------------
 
 
-def read_world(ctx: ReplaceContext, target: TemplateRef) -> st.World:
+def read_world(ctx: ReplaceContext, target: TemplateRef, earlier: st.World | None = None) -> st.World:
+    """The real state. With ``earlier`` (the world before a step of the downtime window, which
+    changes only CT 457 and the holder), only those two are read again and the CT templates
+    and archives are taken from ``earlier``: every API call costs tens of ms on a real node
+    (docs/replace-ct.md), and these reads sit inside the window."""
     listed = {int(c["vmid"]): c for c in ctx.px.containers()}
     ct = read_ct(ctx, ctx.vmid, listed)
     holder = read_ct(ctx, ctx.holder_vmid, listed)
     if ct.hwaddr and ct.ours and not ctx.journal.get("hwaddr"):
         ctx.journal.set("hwaddr", ct.hwaddr)  # every later CT 457 keeps it: clients' ARP stays valid
     deployed = ct.deployment
-    bases = tuple(b for b in (read_ct(ctx, v, listed) for v in ctx.site.container.template_vmids)
-                  if b.exists and b.ours and b.role == st.ROLE_TEMPLATE)
+    bases = earlier.bases if earlier else tuple(
+        b for b in (read_ct(ctx, v, listed) for v in ctx.site.container.template_vmids)
+        if b.exists and b.ours and b.role == st.ROLE_TEMPLATE)
     op = ctx.journal.op or {}
     keep = kept_templates(ctx, target)
     seeded = bool(deployed) and ctx.journal.get("seeded") == deployed
@@ -127,9 +134,9 @@ def read_world(ctx: ReplaceContext, target: TemplateRef) -> st.World:
     swappable = bool(ct.running and seeded and known and ct.template and ct.template != target
                      and not (force and ct.deployment == force) and layers_at_hand
                      and current and wanted and current.system == wanted.system)
-    archives = _archives(ctx)
+    archives = {} if earlier else _archives(ctx)
     world = st.World(
-        ct=ct, holder=holder, uploaded=_uploaded(ctx, target, archives),
+        ct=ct, holder=holder, uploaded=earlier.uploaded if earlier else _uploaded(ctx, target, archives),
         seeded=seeded,
         gated=bool(deployed) and ctx.journal.get("gated") == _gate_key(ctx, deployed, target),
         volume_known=bool(ctx.journal.get("volume_created")),
@@ -144,6 +151,8 @@ def read_world(ctx: ReplaceContext, target: TemplateRef) -> st.World:
                                                                  seed_now.files)))
         if seed_stale and seed_now else (),
     )
+    if earlier:
+        return replace(world, stale_uploads=earlier.stale_uploads)
     return replace(world, stale_uploads=stale_uploads(ctx, world, archives, listed))
 
 
@@ -242,8 +251,9 @@ def wait_for_own_tasks(ctx: ReplaceContext) -> None:
 
 def converge(ctx: ReplaceContext, target: TemplateRef) -> None:
     """Run steps until the container runs ``target``, seeded and gated."""
+    before: st.World | None = None
     for _ in range(2 * len(ACTIONS)):
-        world = read_world(ctx, target)
+        world = read_world(ctx, target, before)
         check(world, target, adopt=ctx.adopt)
         name = next_step(world, target)
         if name is None:
@@ -258,6 +268,7 @@ def converge(ctx: ReplaceContext, target: TemplateRef) -> None:
                     raise
                 raise PipelineError(f"{exc.message}\n  state now: {_summary(ctx, target)}", exc.hint) from None
             ctx.journal.event(name, "done")
+        before = world if name in WINDOW_STEPS else None
         if os.environ.get(CRASH_ENV) == name:
             os.kill(os.getpid(), signal.SIGKILL)
     raise PipelineError(f"replace did not converge after {2 * len(ACTIONS)} steps: {_summary(ctx, target)}")
@@ -462,12 +473,17 @@ def _ssh(ctx: ReplaceContext, deployment: str) -> SSH:
 
 
 def _seed(ctx: ReplaceContext, deployment: str) -> None:
-    ssh = _ssh(ctx, deployment)
-    ssh.wait_ready()
-    rendered = render_seed(
+    rendered = render_seed(  # while the container boots
         ctx.site, master_key=ctx.master_key, instance_id=f"iid-{deployment}",
         deploy_public_key=ctx.deploy_key,
     )
+    script = activation_script(rendered, ports=ctx.ports)
+    with shared(_ssh(ctx, deployment)) as ssh:  # the session below reuses wait_ready's login
+        ssh.wait_ready()
+        _deliver(ctx, ssh, script, deployment)
+
+
+def _deliver(ctx: ReplaceContext, ssh: SSH, script: bytes, deployment: str) -> None:
     # One session: the services start first, cloud-init's stages once they listen
     # (pipeline/cloudinit/deliver.py). The session goes on for cloud-init after the ports serve,
     # so their first answer is watched from here meanwhile: that is when the window closes.
@@ -481,8 +497,8 @@ def _seed(ctx: ReplaceContext, deployment: str) -> None:
         return session.done()
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seed") as pool:
-        session = pool.submit(ssh.run, ["sh", "-s"], input=activation_script(rendered, ports=ctx.ports),
-                              timeout=CLOUD_INIT_TIMEOUT, secrets=[ctx.master_key])
+        session = pool.submit(ssh.run, ["sh", "-s"], input=script, timeout=CLOUD_INIT_TIMEOUT,
+                              secrets=[ctx.master_key])
         wait_until(served_or_session_over, timeout=SERVE_TIMEOUT, pause=SERVE_POLL)
         session.result()  # what the session raised; else cloud-init finished cleanly
     _record_seed(ctx, ctx.fingerprint())
