@@ -27,7 +27,7 @@ def pauses(timeout: float, pause: float, slower_after: float | None = None,
     for _ in range(int(timeout / pause) + 1):
         yield current
         waited += current
-        if slower_after is not None and waited >= slower_after:
+        if slower_after is not None and waited >= slower_after - 1e-9:  # 60 x 0.05 sums to 2.9999...
             current = min(max_pause, current * 1.5)
 
 

@@ -28,9 +28,9 @@ from pipeline.polling import T, wait_until
 
 REQUEST_TIMEOUT = (10, 60)  # (connect, read) seconds for ordinary calls
 UPLOAD_TIMEOUT = (10, 3600)  # a template is hundreds of MiB: proxmoxer's 5 s default is far too short
-# Task polls: every 0.1 s for the first seconds (the tasks inside a replace's downtime window take
+# Task polls: every 0.05 s for the first seconds (the tasks inside a replace's downtime window take
 # 0.5-2 s each, and every poll of slack is downtime), then backing off to 1 s for long tasks.
-POLL_FIRST_SECONDS = 0.1
+POLL_FIRST_SECONDS = 0.05
 POLL_FAST_FOR_SECONDS = 3.0
 POLL_MAX_SECONDS = 1.0
 LOG_TAIL = 15

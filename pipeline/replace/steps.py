@@ -108,14 +108,15 @@ def read_world(ctx: ReplaceContext, target: TemplateRef, earlier: st.World | Non
     and archives are taken from ``earlier``: every API call costs tens of ms on a real node
     (docs/replace-ct.md), and these reads sit inside the window."""
     listed = {int(c["vmid"]): c for c in ctx.px.containers()}
-    ct = read_ct(ctx, ctx.vmid, listed)
-    holder = read_ct(ctx, ctx.holder_vmid, listed)
+    slots = () if earlier else tuple(ctx.site.container.template_vmids)
+    with ThreadPoolExecutor(max_workers=2 + len(slots), thread_name_prefix="read") as pool:
+        # One round trip for all the configs, not one after the other.
+        ct, holder, *templates = pool.map(lambda v: read_ct(ctx, v, listed), (ctx.vmid, ctx.holder_vmid, *slots))
     if ct.hwaddr and ct.ours and not ctx.journal.get("hwaddr"):
         ctx.journal.set("hwaddr", ct.hwaddr)  # every later CT 457 keeps it: clients' ARP stays valid
     deployed = ct.deployment
     bases = earlier.bases if earlier else tuple(
-        b for b in (read_ct(ctx, v, listed) for v in ctx.site.container.template_vmids)
-        if b.exists and b.ours and b.role == st.ROLE_TEMPLATE)
+        b for b in templates if b.exists and b.ours and b.role == st.ROLE_TEMPLATE)
     op = ctx.journal.op or {}
     keep = kept_templates(ctx, target)
     seeded = bool(deployed) and ctx.journal.get("seeded") == deployed
