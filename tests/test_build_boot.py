@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -103,12 +104,25 @@ def test_service_users_have_static_ids(booted):
     assert sh(ct, "id litellm") == "uid=902(litellm) gid=902(litellm) groups=902(litellm)"
 
 
-@pytest.mark.parametrize("unit", ["meridian.service", "litellm.service"])
-def test_app_units_wait_for_their_site_files(booted, unit):
+def test_meridian_waits_for_its_site_file(booted):
     ct, _ = booted
-    props = unit_props(ct, unit, "UnitFileState", "ConditionResult", "ActiveState", "Result")
+    props = unit_props(ct, "meridian.service", "UnitFileState", "ConditionResult", "ActiveState", "Result")
     assert props == {"ActiveState": "inactive", "UnitFileState": "enabled",
                      "ConditionResult": "no", "Result": "success"}
+
+
+def test_litellm_imports_at_boot_then_waits_for_its_site_files(booted):
+    ct, _ = booted
+    waiting = "proxy imported; waiting for the site's files"
+    for _ in range(120):  # bounded: the import takes a few seconds
+        log = sh(ct, "journalctl -b -u litellm.service --no-pager -o cat")
+        if waiting in log:
+            break
+        time.sleep(0.5)
+    assert waiting in log, log[-500:]
+    assert unit_props(ct, "litellm.service", "ActiveState", "UnitFileState") == {
+        "ActiveState": "active", "UnitFileState": "enabled"}
+    assert sh(ct, "ss -Hltn 'sport = :4000'") == ""  # LiteLLM's default port: nothing served unconfigured
 
 
 def test_services_have_the_designed_environment(booted):

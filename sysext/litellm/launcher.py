@@ -16,6 +16,14 @@ instead, which imports a name's module when the name is first asked for, so only
 modules actually used are imported. A package whose __init__.py holds anything else (or
 re-exports a name that is also a submodule's) is imported as usual.
 
+3. The unit starts it at boot, before the site's files exist (replace-ct writes them over
+SSH about a second later): it imports first, then waits for the files named by
+LITELLM_SITE_FILES (bounded: after WAIT_SECONDS it exits 0, and the seed's `systemctl start`
+starts it again), reads the NAME=value lines of its .env files into the environment
+(systemd does not: the unit has no EnvironmentFile for them, so it can start without them)
+and serves on LITELLM_PORT. The import, ≈ 2.5 s of CPU, then runs while the container is
+being seeded rather than after it.
+
 Same imports in the same order as the plain script otherwise (the CLI module first: it sets
 sys.path and reads LITELLM_MODE; run_server() imports the proxy server first thing).
 See README.md.
@@ -27,6 +35,10 @@ import importlib.machinery
 import os
 import re
 import sys
+import time
+
+WAIT_SECONDS = 600
+WAIT_POLL_SECONDS = 0.05
 
 LAZY_REEXPORT_PACKAGES = ("openai.types",)
 REEXPORT = re.compile(r"from \.([\w.]*) import \(?\s*(\w+) as (\w+),?\s*\)?\s*")
@@ -96,6 +108,22 @@ class LazyPackageLoader:
         module.__all__ = list(exports)
 
 
+def wait_for(paths: list[str]) -> bool:
+    """Until every path exists (bounded in time and count)."""
+    for _ in range(int(WAIT_SECONDS / WAIT_POLL_SECONDS) + 1):
+        if all(os.path.exists(p) for p in paths):
+            return True
+        time.sleep(WAIT_POLL_SECONDS)
+    return False
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """NAME=value lines as the seed writes them (no quoting; blank and # lines skipped)."""
+    with open(path, encoding="utf-8") as file:
+        lines = [line.strip() for line in file]
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
 sys.meta_path.insert(0, ReexportsOnFirstUse)
 gc.disable()
 from litellm import run_server  # noqa: E402
@@ -106,5 +134,17 @@ gc.freeze()
 gc.enable()
 
 if __name__ == "__main__":
+    site_files = os.environ.get("LITELLM_SITE_FILES", "").split()
+    if not all(os.path.exists(p) for p in site_files):
+        print(f"proxy imported; waiting for the site's files: {' '.join(site_files)}", file=sys.stderr, flush=True)
+    if not wait_for(site_files):
+        print(f"no site configuration after {WAIT_SECONDS} s ({' '.join(site_files)}): exiting; "
+              "`systemctl start litellm` starts it again", file=sys.stderr)
+        sys.exit(0)
+    for path in site_files:
+        if path.endswith(".env"):
+            os.environ.update(read_env_file(path))
+    if "LITELLM_PORT" in os.environ:
+        sys.argv += ["--port", os.environ["LITELLM_PORT"]]
     sys.argv[0] = re.sub(r"(-script\.pyw|\.exe)?$", "", sys.argv[0])
     sys.exit(run_server())
