@@ -18,7 +18,8 @@ DataFolder = Literal["image", "sysext", "cloudinit"]
 
 # What the acceptance gate imports, by distribution name (module name).
 ACCEPTANCE_EXTRA = "meridian-pipeline[acceptance]"
-ACCEPTANCE_NEEDS = {"pytest": "pytest", "pytest-testinfra": "testinfra", "paramiko": "paramiko"}
+ACCEPTANCE_NEEDS = {"pytest": "pytest", "pytest-testinfra": "testinfra", "paramiko": "paramiko",
+                    "pytest-xdist": "xdist"}
 
 
 def data_dir(name: DataFolder) -> Path:

@@ -1,8 +1,11 @@
 """The acceptance gate: the acceptance suite's pre-login tier against the new container.
 
-Runs ``pytest acceptance/ --site FILE -m image`` as a subprocess and reads its JUnit XML
-to name the failed checks. Its output goes to a log in the state dir (the suite masks
-the master key; the key reaches it through the site's own secret source).
+Runs ``pytest acceptance/ --site FILE -m image -n 2`` as a subprocess and reads its JUnit XML
+to name the failed checks. Two pytest-xdist workers: the checks wait on SSH round trips and
+on the container more than on this machine, and the gate is part of every deploy (measured
+in the lab: 12.1 s with one process, 9.8 s with two, 9.3 s with three). Its output goes to
+a log in the state dir (the suite masks the master key; the key reaches it through the
+site's own secret source).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pipeline.config import Site
 from pipeline.runner import ANY_EXIT, run, tail
 
 GATE_TIMEOUT = 1200
+GATE_WORKERS = 2
 
 
 def _secret_env(site: Site) -> dict[str, str]:
@@ -33,7 +37,7 @@ def run_gate(site: Site, suite: Path, log_dir: Path, tag: str) -> list[str]:
     assert site.source_file is not None
     proc = run(
         [sys.executable, "-m", "pytest", str(suite), "--site", str(site.source_file), "-m", "image",
-         f"--junitxml={junit}", "-p", "no:cacheprovider", "-q"],
+         f"--junitxml={junit}", "-p", "no:cacheprovider", "-q", "-n", str(GATE_WORKERS)],
         env=_secret_env(site), cwd=suite.parent, timeout=GATE_TIMEOUT, check=ANY_EXIT, log=log,
     )
     if proc.returncode == 0:
