@@ -54,9 +54,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "image: checks that hold before the OAuth login")
     config.addinivalue_line("markers", "oauth: checks that need the OAuth login (a real request)")
+    config.addinivalue_line("markers", "scan: walks the container's whole filesystem (seconds): runs first")
     if not config.option.collectonly and not config.option.help:
         config.stash[_SITE] = _site(config)
         config.stash[_SPEC] = _spec(config, config.stash[_SITE])
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The filesystem scans first: with several workers (replace-ct's gate runs two) the quick
+    checks then share the time of the scans instead of queueing behind them at the end
+    (lab, two workers fed one test at a time: gate 9.8 -> 7.4 s)."""
+    items.sort(key=lambda item: item.get_closest_marker("scan") is None)
 
 
 class MasterKey:

@@ -90,6 +90,7 @@ def test_meridian_cannot_read_master_key(host):
     assert run(f"cat {MASTER_KEY_ENV}").rc != 0
 
 
+@pytest.mark.scan
 @pytest.mark.parametrize("name", sorted(UNITS))
 def test_service_writes_only_its_own_dirs(host, name):
     run = sandbox(host, name)

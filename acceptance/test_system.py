@@ -39,6 +39,7 @@ def test_cloud_init_disabled_for_later_boots(host):
     assert not host.file("/var/lib/cloud/seed/nocloud").exists
 
 
+@pytest.mark.scan
 def test_master_key_only_in_env_file(host, root_exec, master_key):
     top = host.check_output("ls -A /").split()
     dirs = " ".join(f"/{d}" for d in top if d not in NOT_SEARCHED)

@@ -478,7 +478,11 @@ def _seed(ctx: ReplaceContext, deployment: str) -> None:
         ctx.site, master_key=ctx.master_key, instance_id=f"iid-{deployment}",
         deploy_public_key=ctx.deploy_key,
     )
-    script = activation_script(rendered, ports=ctx.ports)
+    # With clients waiting (the stop found the old container serving), cloud-init's stages wait
+    # until the services listen, not to share the CPU with their start; with none (a first
+    # deploy), both at once end sooner.
+    clients_waiting = bool(ctx.journal.get("down_since"))
+    script = activation_script(rendered, ports=ctx.ports if clients_waiting else ())
     with shared(_ssh(ctx, deployment)) as ssh:  # the session below reuses wait_ready's login
         ssh.wait_ready()
         _deliver(ctx, ssh, script, deployment)
