@@ -9,7 +9,9 @@ timeout is down. Per scenario it prints the longest window in which each port (a
 port) failed, beside the in-place ``systemctl restart`` of the same service measured in the
 same run (the Ansible way this pipeline replaces). Scenarios, in order:
 
-1. first deploy (CT 457 removed first): replace-ct's whole run, gate included;
+1. first deploy, as on a node that never saw this pipeline: CT 457, its holder and CT
+   templates removed, the archive deleted from the template storage, and the lab's
+   background deletions finished first; replace-ct's whole run, upload and gate included;
 2. full replace (``--full``, same template): a new CT from the CT template;
 3. Meridian-only swap: the Meridian stand-in at a new version (only that layer rebuilt);
 4. LiteLLM-only swap: a copy of the repo whose litellm recipe differs by a comment (only
@@ -38,8 +40,13 @@ from pathlib import Path
 
 import httpx
 
+from lab.node import DEFAULT_STATE
+from lab.thin import TRASH
 from pipeline.config import load_site
+from pipeline.proxmox import Client
 from pipeline.replace.ssh import latest_known_hosts
+from pipeline.replace.steps import template_volid
+from pipeline.replace.template_file import resolve
 from tests.plugins.acceptance import (
     LAB_SITE,
     bumped_site,
@@ -53,6 +60,7 @@ from tests.plugins.paths import REPO_ROOT
 POLL_SECONDS = 0.05
 PROBE_TIMEOUT = 1.0
 SETTLE_SECONDS = 2.0
+QUIET_TIMEOUT = 300
 SCENARIO_TIMEOUT = 1800
 UP_AGAIN_TIMEOUT = 300
 
@@ -150,6 +158,26 @@ def measure(address: str, key: str, action: Callable[[], object]) -> dict[str, f
             "command_seconds": round(took, 1)}
 
 
+def fresh_node(site_file: Path, template: Path) -> None:
+    """Nothing of the site on the lab node: its CTs (remove_lab_ct), the template's archive.
+    Then wait (bounded) until the lab has deleted what was removed: it deletes in the
+    background (lab/README.md, "Cost model"), and 3 GiB of CT templates being deleted beside
+    an extraction made it 2-4 times slower, which a fresh node does not see."""
+    site = load_site(site_file)
+    remove_lab_ct(site_file)
+    client = Client.from_site(site.proxmox)
+    storage, volid = site.proxmox.template_storage, template_volid(site, resolve(template).ref)
+    if any(item.get("volid") == volid for item in client.storage_content(storage, "vztmpl")):
+        client.wait_task(client.delete_volume(storage, volid), what=f"delete {volid}")
+    trash = list((DEFAULT_STATE / "storage").glob(f"*/{TRASH}"))
+    deadline = time.monotonic() + QUIET_TIMEOUT
+    for _ in range(int(QUIET_TIMEOUT / POLL_SECONDS) + 1):
+        if not any(t.is_dir() and any(t.iterdir()) for t in trash) or time.monotonic() >= deadline:
+            break
+        time.sleep(POLL_SECONDS)
+    os.sync()  # nor is earlier runs' writeback pending on a fresh node
+
+
 def replace_ct(site: Path, template: Path, log: Path, *extra: str, acceptance: Path | None = None,
                check: bool = True) -> None:
     args = ["replace-ct", "--site", str(site), "--template", str(template), "--yes", *extra]
@@ -206,7 +234,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-downtime-") as name:
         tmp = Path(name)
         base = build(LAB_SITE, tmp / "base", tmp / "build-base.log")
-        remove_lab_ct(LAB_SITE)
+        fresh_node(LAB_SITE, base)
         results["first deploy (with gate)"] = measure(
             address, key, lambda: replace_ct(LAB_SITE, base, tmp / "first.log"))
         results["in-place restart meridian"] = measure(address, key, restart("meridian.service"))
