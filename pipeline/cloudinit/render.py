@@ -27,8 +27,8 @@ SEED_DIR = "/var/lib/cloud/seed/nocloud"
 PIN_FILE = "90-meridian-datasource.cfg"
 PIN_PATH = f"/etc/cloud/cloud.cfg.d/{PIN_FILE}"
 
-# The key lands unquoted in a systemd EnvironmentFile and a YAML block: allow only
-# characters that mean nothing to either (token_urlsafe, hex and base64 keys pass).
+# The key lands unquoted in an env file (NAME=value, read by LiteLLM's launcher) and a YAML
+# block: allow only characters that mean nothing to either (token_urlsafe, hex and base64 keys pass).
 KEY_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")
 # Stands in for the real key when validating: same character set, so the same YAML.
 PLACEHOLDER_KEY = "sk-placeholder-validation-only"
