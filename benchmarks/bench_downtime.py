@@ -7,7 +7,9 @@ connection: Meridian's ``GET :3456/v1/models`` and LiteLLM's ``GET :4000/v1/mode
 master key. Up means HTTP 200; a refused connection, an error status or no answer within the
 timeout is down. Per scenario it prints the longest window in which each port (and either
 port) failed, beside the in-place ``systemctl restart`` of the same service measured in the
-same run (the Ansible way this pipeline replaces). Scenarios, in order:
+same run, right before the swap of that service (the Ansible way this pipeline replaces).
+Each layer build is synced to disk before the next scenario: a real site builds on another
+machine, not on the Proxmox node. Scenarios, in order:
 
 1. first deploy, as on a node that never saw this pipeline: CT 457, its holder and CT
    templates removed, the archive deleted from the template storage, and the lab's
@@ -194,6 +196,7 @@ def build(site: Path, out: Path, log: Path, *extra: str, repo: Path = REPO_ROOT)
     subprocess.run([sys.executable, "-m", "pipeline", "build", "--site", str(site), "--out", str(out), *extra],
                    cwd=repo, check=True, stdout=log.open("w"), stderr=subprocess.STDOUT,
                    env={**os.environ, "PYTHONPATH": str(repo)}, timeout=SCENARIO_TIMEOUT)
+    os.sync()  # a real site builds elsewhere: the build's writeback is not the Proxmox node's
     return out
 
 
@@ -237,16 +240,17 @@ def main() -> int:
         fresh_node(LAB_SITE, base)
         results["first deploy (with gate)"] = measure(
             address, key, lambda: replace_ct(LAB_SITE, base, tmp / "first.log"))
-        results["in-place restart meridian"] = measure(address, key, restart("meridian.service"))
-        results["in-place restart litellm"] = measure(address, key, restart("litellm.service"))
         results["full replace (--full)"] = measure(
             address, key, lambda: replace_ct(LAB_SITE, base, tmp / "full.log", "--full"))
         bumped = bumped_site(tmp, bumped_version())
         meridian_build = build(bumped, tmp / "meridian", tmp / "build-meridian.log", "--update-lock")
+        # Each in-place restart right before the swap of the same service: the same machine state.
+        results["in-place restart meridian"] = measure(address, key, restart("meridian.service"))
         results["Meridian-only swap"] = measure(
             address, key, lambda: replace_ct(bumped, meridian_build, tmp / "swap-meridian.log"))
         variant = litellm_variant(tmp)
         litellm_build = build(bumped, tmp / "litellm", tmp / "build-litellm.log", repo=variant)
+        results["in-place restart litellm"] = measure(address, key, restart("litellm.service"))
         results["LiteLLM-only swap"] = measure(
             address, key, lambda: replace_ct(bumped, litellm_build, tmp / "swap-litellm.log"))
         results["failed gate, rolled back (--full)"] = measure(
