@@ -45,6 +45,7 @@ import httpx
 from lab.node import DEFAULT_STATE
 from lab.thin import TRASH
 from pipeline.config import load_site
+from pipeline.polling import wait_until
 from pipeline.proxmox import Client
 from pipeline.replace.ssh import latest_known_hosts
 from pipeline.replace.steps import template_volid
@@ -172,11 +173,8 @@ def fresh_node(site_file: Path, template: Path) -> None:
     if any(item.get("volid") == volid for item in client.storage_content(storage, "vztmpl")):
         client.wait_task(client.delete_volume(storage, volid), what=f"delete {volid}")
     trash = list((DEFAULT_STATE / "storage").glob(f"*/{TRASH}"))
-    deadline = time.monotonic() + QUIET_TIMEOUT
-    for _ in range(int(QUIET_TIMEOUT / POLL_SECONDS) + 1):
-        if not any(t.is_dir() and any(t.iterdir()) for t in trash) or time.monotonic() >= deadline:
-            break
-        time.sleep(POLL_SECONDS)
+    wait_until(lambda: not any(t.is_dir() and any(t.iterdir()) for t in trash),
+               timeout=QUIET_TIMEOUT, pause=POLL_SECONDS)
     os.sync()  # nor is earlier runs' writeback pending on a fresh node
 
 

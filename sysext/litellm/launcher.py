@@ -109,10 +109,12 @@ class LazyPackageLoader:
 
 
 def wait_for(paths: list[str]) -> bool:
-    """Until every path exists (bounded in time and count)."""
-    for _ in range(int(WAIT_SECONDS / WAIT_POLL_SECONDS) + 1):
+    """Until every path exists (bounded in time and count); says so once when it waits."""
+    for attempt in range(int(WAIT_SECONDS / WAIT_POLL_SECONDS) + 1):
         if all(os.path.exists(p) for p in paths):
             return True
+        if attempt == 0:
+            print(f"proxy imported; waiting for the site's files: {' '.join(paths)}", file=sys.stderr, flush=True)
         time.sleep(WAIT_POLL_SECONDS)
     return False
 
@@ -135,8 +137,6 @@ gc.enable()
 
 if __name__ == "__main__":
     site_files = os.environ.get("LITELLM_SITE_FILES", "").split()
-    if not all(os.path.exists(p) for p in site_files):
-        print(f"proxy imported; waiting for the site's files: {' '.join(site_files)}", file=sys.stderr, flush=True)
     if not wait_for(site_files):
         print(f"no site configuration after {WAIT_SECONDS} s ({' '.join(site_files)}): exiting; "
               "`systemctl start litellm` starts it again", file=sys.stderr)
