@@ -24,7 +24,7 @@ from pathlib import Path
 import requests
 import yaml
 
-from lab import lxc, thin
+from lab import disk, lxc, thin
 from lab.errors import LabError
 from lab.guests import Guests
 from lab.node import DEFAULT_NODE, DEFAULT_STATE, Node
@@ -42,7 +42,8 @@ STOP_TRIES = 50
 # containers that die with the lab, so they go with it (a stale journal would make replace-ct
 # look for a credentials volume that `down` destroyed).
 STATE_ENTRIES = ("ca.pem", "ca.key", "server.pem", "server.key", "token.secret", "access.json",
-                 "owned.json", "etc", "storage", "lxc", "tasks", "server.pid", "server.log", "pipeline")
+                 "owned.json", "etc", "storage", "storage.img", "lxc", "tasks", "server.pid", "server.log",
+                 "pipeline")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +92,7 @@ def up(args: argparse.Namespace) -> int:
     state.chmod(0o755)  # container root (uid 100000) must traverse to its rootfs
     ensure_certificates(state)
     _ensure_token(state)
+    disk.attach(state / "storage", state / "storage.img")
     Node(state).ensure_bridge()
     daemon = _start_daemon(state, args.node, args.port)
     for _ in range(READY_TRIES):
@@ -219,6 +221,7 @@ def down(args: argparse.Namespace) -> int:
     # Linked clones' overlays first: removing the storage through a mounted overlay would not free it.
     for storage_dir in sorted((state / "storage").glob("*")) if (state / "storage").is_dir() else []:
         thin.deactivate_all(storage_dir)
+    disk.detach(state / "storage", state / "storage.img")
     bridge = node.owned().get("bridge")
     if bridge and not lxc.remove_bridge(bridge):
         print(f"kept bridge {lxc.BRIDGE}: other containers are still attached to it")

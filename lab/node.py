@@ -7,7 +7,8 @@ Layout of the state directory (default /var/lib/meridian-lab)::
     access.json                           tokens (hashed), ACLs, pools
     owned.json                            what `up` created (the bridge) so `down` removes only that
     etc/pve/lxc/VMID.conf                 one config per container
-    storage/local, storage/local-lvm      templates, ISOs, container volumes
+    storage/local, storage/local-lvm      templates, ISOs, container volumes, on the lab's disk:
+    storage.img                           a journaled ext4 in a sparse file, mounted on storage/ (disk.py)
     lxc/VMID/config                       the LXC containers (their own lxcpath)
     tasks/                                task records and logs
     server.pid server.log                 the API server

@@ -1,11 +1,16 @@
-"""A second lab (own state, port 8007): its server restarts while its container keeps running."""
+"""A second lab (own state, port 8007): its server restarts while its container keeps running;
+its volumes live on the lab's own journaled disk, which `down` unmounts and removes."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from lab import disk
+from lab.errors import LabError
+from lab.process import run_command
 from tests.plugins.lab import lab_cli, private_lab
 from tests.plugins.pveapi import NET, NODE, ok, sha256, upload
 
@@ -31,6 +36,7 @@ def test_server_restart_keeps_containers_and_tasks(second_lab, lab_template):
     start = node.lxc(9191).status.start.post()
     ok(px, start)
     pid = node.lxc(9191).status.current.get()["pid"]
+    assert_on_the_labs_disk(second_lab.state, Path(f"/proc/{pid}/root"))
     lab_cli(second_lab.state, "restart", "--port", str(PORT))
     px = second_lab.client()
     node = px.nodes(NODE)
@@ -44,3 +50,25 @@ def test_server_restart_keeps_containers_and_tasks(second_lab, lab_template):
     journal = second_lab.state / "pipeline" / "lab" / "replace-journal.json"
     journal.parent.mkdir(parents=True)
     journal.write_text("{}")
+
+
+def assert_on_the_labs_disk(state: Path, rootfs: Path) -> None:
+    """The container's files are on STATE/storage.img, an ext4 with a journal (lab/disk.py)."""
+    storage = state / "storage"
+    assert storage.is_mount()
+    assert os.stat(rootfs / "etc").st_dev == os.stat(storage).st_dev != os.stat(state).st_dev
+    header = run_command(["dumpe2fs", "-h", state / "storage.img"]).stdout
+    features = next(line for line in header.splitlines() if line.startswith("Filesystem features:"))
+    assert "has_journal" in features.split()
+
+
+def test_a_lab_from_before_its_own_disk_is_named_not_mounted_over(tmp_path: Path) -> None:
+    """Volumes in STATE/storage without STATE/storage.img: mounting the new disk over them would
+    hide them, so `up` refuses and says what to do."""
+    storage = tmp_path / "storage"
+    (storage / "local-lvm" / "vm-457-disk-0").mkdir(parents=True)
+    with pytest.raises(LabError) as refused:
+        disk.attach(storage, tmp_path / "storage.img")
+    assert "made before the lab had its own disk" in str(refused.value)
+    assert not storage.is_mount() and not (tmp_path / "storage.img").exists()
+    assert (storage / "local-lvm" / "vm-457-disk-0").is_dir()
