@@ -6,8 +6,10 @@ A poller on this machine asks both APIs of the lab CT every 50 ms, each time on 
 connection: Meridian's ``GET :3456/v1/models`` and LiteLLM's ``GET :4000/v1/models`` with the
 master key. Up means HTTP 200; a refused connection, an error status or no answer within the
 timeout is down. Per scenario it prints the longest window in which each port (and either
-port) failed, beside the in-place ``systemctl restart`` of the same service measured in the
-same run, right before the swap of that service (the Ansible way this pipeline replaces).
+port) failed, how many probes were refused outright (a client without retries fails at once;
+one whose timeout outlasts the start only waits), beside the in-place ``systemctl restart``
+of the same service measured in the same run, right before the swap of that service (the
+Ansible way this pipeline replaces).
 Each layer build is synced to disk before the next scenario: a real site builds on another
 machine, not on the Proxmox node. Scenarios, in order:
 
@@ -75,6 +77,7 @@ class Poller:
     url: str
     headers: dict[str, str] = field(default_factory=dict)
     samples: list[tuple[float, bool]] = field(default_factory=list)
+    refused: int = 0  # probes whose connection was refused (or the host unreachable)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
@@ -88,6 +91,8 @@ class Poller:
                 started = time.monotonic()
                 try:
                     up = client.get(self.url).status_code == 200
+                except httpx.ConnectError:
+                    up, self.refused = False, self.refused + 1
                 except httpx.HTTPError:
                     up = False
                 self.samples.append((started, up))
@@ -158,7 +163,8 @@ def measure(address: str, key: str, action: Callable[[], object]) -> dict[str, f
         wait_until_up(pollers.values())
     a, b = pollers["3456"].samples, pollers["4000"].samples
     return {"3456": longest_outage(a), "4000": longest_outage(b), "either": longest_outage(either(a, b)),
-            "command_seconds": round(took, 1)}
+            "command_seconds": round(took, 1),
+            "refused_3456": pollers["3456"].refused, "refused_4000": pollers["4000"].refused}
 
 
 def fresh_node(site_file: Path, template: Path) -> None:
@@ -254,10 +260,11 @@ def main() -> int:
         results["failed gate, rolled back (--full)"] = measure(
             address, key, lambda: replace_ct(LAB_SITE, base, tmp / "rollback.log", "--full",
                                              acceptance=failing_suite(tmp), check=False))
-    print(f"{'scenario':36} {'3456 down':>10} {'4000 down':>10} {'either':>8} {'command':>8}")
+    print(f"{'scenario':36} {'3456 down':>10} {'4000 down':>10} {'either':>8} {'command':>8} "
+          f"{'refused 3456/4000':>18}")
     for name, row in results.items():
         print(f"{name:36} {row['3456']:>9.2f}s {row['4000']:>9.2f}s {row['either']:>7.2f}s "
-              f"{row['command_seconds']:>7.1f}s")
+              f"{row['command_seconds']:>7.1f}s {row['refused_3456']:>9}/{row['refused_4000']}")
     meridian_ratio = results["Meridian-only swap"]["either"] / max(results["in-place restart meridian"]["either"], 0.05)
     litellm_ratio = results["LiteLLM-only swap"]["4000"] / max(results["in-place restart litellm"]["4000"], 0.05)
     print(f"Meridian-only swap vs in-place restart (either port): {meridian_ratio:.2f}x")

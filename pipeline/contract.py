@@ -26,6 +26,8 @@ UNITS = {
     "node_exporter": "prometheus-node-exporter.service",
 }
 USERS = (("meridian", 901, "/var/lib/meridian"), ("litellm", 902, "/var/lib/litellm"))
+# What answers 200 without credentials once a service is up (replace-ct's readiness probe).
+READY_PATHS = {"meridian": "/v1/models", "litellm": "/health/liveliness"}
 
 # --- paths inside the container ----------------------------------------------------------
 CREDENTIALS_MOUNT = "/var/lib/meridian"  # mp0, the volume that outlives every container

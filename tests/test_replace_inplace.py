@@ -6,9 +6,9 @@ template A is the lab build, B the same with the Meridian stand-in at a new vers
 meridian layer differs). In order: first deploy of A; the plan for B is a swap; the swap
 keeps the container, restarts only Meridian and leaves LiteLLM running; the swapped
 container equals one freshly cloned from B; a failing gate swaps back, but after a full replace
-it goes back by clone; a rotated master key
-and a changed model list are re-seeded in place; a failing gate restores the previous
-configuration; SIGKILL after each new step, then a rerun converges with the credentials
+it goes back by clone; a rotated master key and a changed model list are re-seeded in place;
+a failing gate restores the previous configuration; a re-seed that restarts LiteLLM never
+refuses a client; SIGKILL after each new step, then a rerun converges with the credentials
 file intact. Traffic goes only to the lab API on loopback and the lab container on mrdlab0.
 """
 
@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,6 +259,44 @@ def test_failing_gate_restores_the_previous_configuration(lab: Lab) -> None:
     assert lab.replace_ct("--plan").code == 2  # the site still asks for the change
     lab.models = before
     assert lab.replace_ct("--plan").code == 0
+
+
+def test_litellm_restarts_without_refusing_a_client(lab: Lab) -> None:
+    """LiteLLM's listening socket outlives its restart (systemd's fd store, launcher.py): a client
+    asking all through a re-seed that restarts it is answered, later, never refused. A stopped
+    LiteLLM does not keep its port."""
+    litellm, before = lab.pid("litellm.service"), list(lab.models)
+    answers: list[int | str] = []
+    done = threading.Event()
+
+    def ask_until_done() -> None:
+        with httpx.Client(timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+            while not done.is_set():
+                try:
+                    answers.append(client.get(f"http://{ADDRESS}:4000/health/liveliness").status_code)
+                except httpx.HTTPError as exc:
+                    answers.append(type(exc).__name__)
+                done.wait(0.1)
+
+    asking = threading.Thread(target=ask_until_done)
+    lab.models = before[:1]
+    asking.start()
+    try:
+        result = lab.replace_ct("--yes")
+    finally:
+        done.set()
+        asking.join(60)
+        lab.models = before
+    assert result.code == 0 and f"re-seed CT {VMID} in place" in result.output, result.output
+    assert lab.pid("litellm.service") != litellm
+    assert answers and set(answers) == {200}, [a for a in answers if a != 200][:5]
+    lab.root("systemctl stop litellm.service")
+    try:
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://{ADDRESS}:4000/health/liveliness", timeout=5)
+    finally:
+        lab.root("systemctl start litellm.service")
+    assert lab.replace_ct("--yes").code == 0  # the site's models again, gated
 
 
 @pytest.mark.parametrize("step", ["stage", "switch", "reseed"])

@@ -18,7 +18,7 @@ from typing import Any
 from pipeline.cloudinit import activation_script, render_seed
 from pipeline.cloudinit.deliver import rewrite_script
 from pipeline.config import Site
-from pipeline.contract import CREDENTIALS_MOUNT
+from pipeline.contract import CREDENTIALS_MOUNT, READY_PATHS
 from pipeline.errors import PipelineError
 from pipeline.polling import wait_until
 from pipeline.progress import console, step
@@ -29,7 +29,7 @@ from pipeline.replace.gate import run_gate
 from pipeline.replace.journal import Journal
 from pipeline.replace.plan import STEPS, check, next_step, step_line
 from pipeline.replace.probe import POLL_SECONDS as SERVE_POLL
-from pipeline.replace.probe import serving, wait_serving
+from pipeline.replace.probe import Endpoint, serving, wait_serving
 from pipeline.replace.ssh import SSH, shared
 from pipeline.replace.template_file import LocalTemplate, TemplateRef
 
@@ -93,6 +93,11 @@ class ReplaceContext:
     @property
     def ports(self) -> tuple[int, int]:
         return (self.site.services.meridian_port, self.site.services.litellm_port)
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, Endpoint]:
+        services = self.site.services
+        return ((services.meridian_port, READY_PATHS["meridian"]), (services.litellm_port, READY_PATHS["litellm"]))
 
 
 def template_volid(site: Site, ref: TemplateRef) -> str:
@@ -364,7 +369,7 @@ def prune(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
 
 def stop(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
     # Downtime runs from the first stop of the operation (a rollback stops a second time).
-    if not ctx.journal.get("down_since") and serving(ctx.site.container.network.ip, ctx.ports):
+    if not ctx.journal.get("down_since") and serving(ctx.site.container.network.ip, ctx.endpoints):
         ctx.journal.set("down_since", time.time())
     upid = ctx.px.shutdown(ctx.vmid, SHUTDOWN_SECONDS)
     ctx.px.wait_task(upid, what=f"shutdown of CT {ctx.vmid}", timeout=SHUTDOWN_SECONDS + 60)
@@ -496,7 +501,7 @@ def _deliver(ctx: ReplaceContext, ssh: SSH, script: bytes, deployment: str) -> N
 
     def served_or_session_over() -> bool:
         nonlocal up_at
-        if serving(address, ctx.ports):
+        if serving(address, ctx.endpoints):
             up_at = time.time()
             return True
         return session.done()
@@ -507,7 +512,7 @@ def _deliver(ctx: ReplaceContext, ssh: SSH, script: bytes, deployment: str) -> N
         wait_until(served_or_session_over, timeout=SERVE_TIMEOUT, pause=SERVE_POLL)
         session.result()  # what the session raised; else cloud-init finished cleanly
     _record_seed(ctx, ctx.fingerprint())
-    ctx.downtime["up_at"] = up_at or wait_serving(address, ctx.ports, SERVE_TIMEOUT)
+    ctx.downtime["up_at"] = up_at or wait_serving(address, ctx.endpoints, SERVE_TIMEOUT)
     ctx.journal.set("seeded", deployment)
 
 
@@ -533,7 +538,7 @@ def reseed_in_place(ctx: ReplaceContext, world: st.World, target: TemplateRef) -
         ctx.journal.set("down_since", time.time())
     _ssh(ctx, deployment).run(["sh", "-s"], input=script, timeout=CLOUD_INIT_TIMEOUT, secrets=[ctx.master_key])
     _record_seed(ctx, now)
-    ctx.downtime["up_at"] = wait_serving(ctx.site.container.network.ip, ctx.ports, SERVE_TIMEOUT)
+    ctx.downtime["up_at"] = wait_serving(ctx.site.container.network.ip, ctx.endpoints, SERVE_TIMEOUT)
 
 
 def restore_seed(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
@@ -545,7 +550,7 @@ def restore_seed(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> N
     ctx.journal.set("seed_digest", previous["digest"])
     ctx.journal.set("seed_files", previous["files"])
     ctx.journal.set("restored", op["id"])
-    ctx.downtime["up_at"] = wait_serving(ctx.site.container.network.ip, ctx.ports, SERVE_TIMEOUT)
+    ctx.downtime["up_at"] = wait_serving(ctx.site.container.network.ip, ctx.endpoints, SERVE_TIMEOUT)
 
 
 def stage(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
@@ -570,7 +575,7 @@ def switch(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:
     swap.switch(_ssh(ctx, world.ct.deployment), current, wanted)
     ctx.px.update_config(ctx.vmid, {"description": st.description(target, world.ct.deployment,
                                                                    base=world.ct.base)})
-    ctx.downtime["up_at"] = wait_serving(ctx.site.container.network.ip, ctx.ports, SERVE_TIMEOUT)
+    ctx.downtime["up_at"] = wait_serving(ctx.site.container.network.ip, ctx.endpoints, SERVE_TIMEOUT)
 
 
 def gate(ctx: ReplaceContext, world: st.World, target: TemplateRef) -> None:

@@ -24,6 +24,14 @@ starts it again), reads the NAME=value lines of its .env files into the environm
 and serves on LITELLM_PORT. The import, ≈ 2.5 s of CPU, then runs while the container is
 being seeded rather than after it.
 
+4. The listening socket outlives a restart of the service: the launcher binds it, hands a copy
+to systemd's file descriptor store (the unit allows one: FileDescriptorStoreMax=1) and gives
+it to uvicorn; at the next start systemd passes it back (LISTEN_FDS), and the launcher serves
+on it when it is bound where the site says (else it replaces it). Systemd 252 keeps the store
+across `systemctl restart` and drops it at `systemctl stop`. So while a restart (an extension
+swap, a re-seed) stops the old process and the new one imports, the port keeps accepting: the
+kernel queues the connections and the new process answers them, instead of refusing them.
+
 Same imports in the same order as the plain script otherwise (the CLI module first: it sets
 sys.path and reads LITELLM_MODE; run_server() imports the proxy server first thing).
 See README.md.
@@ -34,11 +42,16 @@ import importlib
 import importlib.machinery
 import os
 import re
+import socket
 import sys
 import time
 
 WAIT_SECONDS = 600
 WAIT_POLL_SECONDS = 0.05
+# sd_listen_fds(3): passed descriptors start at 3. Uvicorn's own default backlog.
+LISTEN_FDS_START = 3
+STORE_NAME = "litellm-listen"
+BACKLOG = 2048
 
 LAZY_REEXPORT_PACKAGES = ("openai.types",)
 REEXPORT = re.compile(r"from \.([\w.]*) import \(?\s*(\w+) as (\w+),?\s*\)?\s*")
@@ -126,11 +139,49 @@ def read_env_file(path: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
 
 
+def notify(message: str, fds: tuple[int, ...] = ()) -> None:
+    """sd_pid_notify_with_fds(3) for the main process; nothing when not run by systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as channel:
+        channel.connect("\0" + address[1:] if address.startswith("@") else address)
+        socket.send_fds(channel, [message.encode()], list(fds))
+
+
+def passed_socket() -> socket.socket | None:
+    """The socket systemd passed back from its store (LISTEN_FDS), if any; consumed."""
+    mine = os.environ.pop("LISTEN_PID", None) == str(os.getpid())
+    count = int(os.environ.pop("LISTEN_FDS", "0") or 0)
+    os.environ.pop("LISTEN_FDNAMES", None)
+    return socket.socket(fileno=LISTEN_FDS_START) if mine and count == 1 else None
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The previous run's socket when it listens on host:port, else a new one, stored."""
+    kept = passed_socket()
+    if kept is not None and kept.getsockname()[:2] == (host, port):
+        return kept
+    if kept is not None:
+        notify(f"FDSTOREREMOVE=1\nFDNAME={STORE_NAME}")
+        kept.close()
+    sock = socket.create_server((host, port), backlog=BACKLOG)
+    notify(f"FDSTORE=1\nFDNAME={STORE_NAME}", (sock.fileno(),))
+    return sock
+
+
+def option(name: str, default: str) -> str:
+    """The last value of a command line option (`--name value`), as click would take it."""
+    values = [sys.argv[i + 1] for i, arg in enumerate(sys.argv[:-1]) if arg == name]
+    return values[-1] if values else default
+
+
 sys.meta_path.insert(0, ReexportsOnFirstUse)
 gc.disable()
 from litellm import run_server  # noqa: E402
 
 importlib.import_module("litellm.proxy.proxy_server")
+import uvicorn  # noqa: E402  (the proxy imported it already)
 
 gc.freeze()
 gc.enable()
@@ -146,5 +197,8 @@ if __name__ == "__main__":
             os.environ.update(read_env_file(path))
     if "LITELLM_PORT" in os.environ:
         sys.argv += ["--port", os.environ["LITELLM_PORT"]]
+    listener = listening_socket(option("--host", "0.0.0.0"), int(option("--port", "4000")))
+    serve = uvicorn.Server.run
+    uvicorn.Server.run = lambda self, sockets=None: serve(self, sockets=sockets or [listener])
     sys.argv[0] = re.sub(r"(-script\.pyw|\.exe)?$", "", sys.argv[0])
     sys.exit(run_server())
