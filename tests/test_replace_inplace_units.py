@@ -37,6 +37,7 @@ def test_switch_script_flips_links_writes_the_manifest_refreshes_and_restarts(tm
     script = swap.switch_script(a, b)
     lines = script.splitlines()
     assert lines.index("systemd-sysext refresh") < lines.index("systemctl restart meridian.service")
+    assert lines[-1] == "systemctl restart meridian.service"  # nothing deleted beside the start
     root = tmp_path / "root"
     for name in ("node", "meridian", "litellm"):
         (root / "var/lib/extensions" / name).mkdir(parents=True)
@@ -50,6 +51,18 @@ def test_switch_script_flips_links_writes_the_manifest_refreshes_and_restarts(tm
     assert (root / "var/lib/extensions.store" / swap.store_name("meridian", "m" * 64)).is_dir()  # kept for a swap back
     assert (root / "var/lib/extensions/node").is_dir() and not (root / "var/lib/extensions/node").is_symlink()
     assert '"M' in (root / "etc/meridian-appliance/manifest.json").read_text()
+
+
+def test_prune_keeps_the_layers_of_both_templates_and_removes_older_ones(tmp_path: Path) -> None:
+    a, b = layers(), layers(meridian="M" * 64)
+    store = tmp_path / "var/lib/extensions.store"
+    kept = {swap.store_name("meridian", "m" * 64), swap.store_name("meridian", "M" * 64),
+            swap.store_name("litellm", "l" * 64)}
+    for name in (*kept, swap.store_name("meridian", "0" * 64), swap.store_name("litellm", "1" * 64)):
+        (store / name / "opt").mkdir(parents=True)
+    script = swap.prune_script(a, b).replace("/var/lib", f"{tmp_path}/var/lib")
+    subprocess.run(["sh", "-c", script], check=True)
+    assert {p.name for p in store.iterdir()} == kept
 
 
 def test_fingerprint_follows_the_configuration_and_never_holds_the_key() -> None:

@@ -94,7 +94,10 @@ def present_in_container(ssh: SSH, current: Layers) -> set[str]:
 
 def stage(ssh: SSH, current: Layers, target: Layers, build_dir: Path | None,
           build_manifest: BuildManifest | None) -> list[str]:
-    """Put every layer of ``target`` the container lacks into its store; the names pushed."""
+    """Put every layer of ``target`` the container lacks into its store; the names pushed.
+    Also removes what neither template uses: here, while the services still serve, not in the
+    switch, where deleting a layer's 700 MB beside LiteLLM's start slowed the start by a second."""
+    ssh.run(["sh", "-c", prune_script(current, target)], timeout=STREAM_TIMEOUT)
     present = present_in_container(ssh, current)
     missing = [name for name, key in sorted(target.keys.items()) if store_name(name, key) not in present]
     if not missing:
@@ -127,8 +130,9 @@ def _stream(ssh: SSH, root: Path, names: list[str]) -> None:
     """tar the unpacked layers to the container; renamed into the store once complete."""
     incoming = f"{EXTENSIONS_STORE}/.incoming"
     moves = " && ".join(f"rm -rf {EXTENSIONS_STORE}/{n} && mv {incoming}/{n} {EXTENSIONS_STORE}/{n}" for n in names)
+    # Written through before the switch: its writeback would otherwise run beside the restarts.
     script = (f"set -e; rm -rf {incoming}; mkdir -p {incoming}; "
-              f"tar -C {incoming} -xpf - --numeric-owner; {moves}; rmdir {incoming}")
+              f"tar -C {incoming} -xpf - --numeric-owner; {moves}; rmdir {incoming}; sync -f {EXTENSIONS_STORE}")
     with subprocess.Popen(["tar", "-C", str(root), "--numeric-owner", "-cf", "-", *names],
                           stdout=subprocess.PIPE) as tar:
         assert tar.stdout is not None
@@ -155,11 +159,16 @@ def switch_script(current: Layers, target: Layers) -> str:
     units = units_to_restart(current, target)
     if units:
         lines.append(shlex.join(["systemctl", "restart", *units]))
-    # The store keeps what the two templates use (a swap back needs no copy), nothing older.
-    kept = sorted({store_name(n, k) for layer in (current, target) for n, k in layer.keys.items()})
-    lines.append(f"ls -1 {EXTENSIONS_STORE} | grep -v -x -F " + " ".join(f"-e {shlex.quote(k)}" for k in kept)
-                 + f" | sed 's|^|{EXTENSIONS_STORE}/|' | xargs -r rm -rf")
     return "\n".join(lines) + "\n"
+
+
+def prune_script(current: Layers, target: Layers) -> str:
+    """Remove store entries neither template uses: the store keeps both (a swap back needs no
+    copy), nothing older."""
+    kept = sorted({store_name(n, k) for layer in (current, target) for n, k in layer.keys.items()})
+    return (f"ls -1 {EXTENSIONS_STORE} 2>/dev/null | grep -v -x -F "
+            + " ".join(f"-e {shlex.quote(k)}" for k in kept)
+            + f" | sed 's|^|{EXTENSIONS_STORE}/|' | xargs -r rm -rf\n")
 
 
 def switch(ssh: SSH, current: Layers, target: Layers) -> None:
