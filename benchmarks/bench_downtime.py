@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,7 @@ from tests.plugins.paths import REPO_ROOT
 
 POLL_SECONDS = 0.05
 PROBE_TIMEOUT = 1.0
+IN_FLIGHT = int(PROBE_TIMEOUT / POLL_SECONDS) + 4  # probes that may wait at once
 SETTLE_SECONDS = 2.0
 QUIET_TIMEOUT = 300
 SCENARIO_TIMEOUT = 1800
@@ -72,12 +74,14 @@ UP_AGAIN_TIMEOUT = 300
 
 @dataclass
 class Poller:
-    """Polls one URL every 50 ms on a fresh connection; records (time, up) samples."""
+    """Sends a probe of one URL every 50 ms, each on a fresh connection and its own thread, so a
+    probe that waits for its timeout does not hold back the next (clients do not wait for each
+    other); records (time sent, up) samples and the times of refused connections."""
 
     url: str
     headers: dict[str, str] = field(default_factory=dict)
     samples: list[tuple[float, bool]] = field(default_factory=list)
-    refused: int = 0  # probes whose connection was refused (or the host unreachable)
+    refused_at: list[float] = field(default_factory=list)  # refused (or the host unreachable)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
@@ -86,25 +90,32 @@ class Poller:
         # context above all) made once. httpx.get() builds a client per call, which kept more
         # than one of this machine's two cores busy and slowed the very start it measured.
         with httpx.Client(headers=self.headers, timeout=PROBE_TIMEOUT,
-                          limits=httpx.Limits(max_keepalive_connections=0)) as client:
+                          limits=httpx.Limits(max_keepalive_connections=0)) as client, \
+                ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="probe") as probes:
             while not self._stop.is_set() and time.monotonic() < deadline:
-                started = time.monotonic()
-                try:
-                    up = client.get(self.url).status_code == 200
-                except httpx.ConnectError:
-                    up, self.refused = False, self.refused + 1
-                except httpx.HTTPError:
-                    up = False
-                self.samples.append((started, up))
-                time.sleep(max(0.0, POLL_SECONDS - (time.monotonic() - started)))
+                sent = time.monotonic()
+                probes.submit(self._probe, client, sent)
+                self._stop.wait(max(0.0, POLL_SECONDS - (time.monotonic() - sent)))
+
+    def _probe(self, client: httpx.Client, sent: float) -> None:
+        try:
+            up = client.get(self.url).status_code == 200
+        except httpx.ConnectError:
+            up = False
+            self.refused_at.append(sent)
+        except httpx.HTTPError:
+            up = False
+        self.samples.append((sent, up))
 
     def stop(self) -> None:
         self._stop.set()
 
 
 def longest_outage(samples: list[tuple[float, bool]]) -> float:
-    """The longest run of failed probes, from the first failed probe to the next good one."""
+    """The longest run of failed probes, from the first failed probe to the next good one (by
+    the time each was sent)."""
     longest, down_since = 0.0, None
+    samples = sorted(samples)
     for at, up in samples:
         if not up and down_since is None:
             down_since = at
@@ -164,7 +175,7 @@ def measure(address: str, key: str, action: Callable[[], object]) -> dict[str, f
     a, b = pollers["3456"].samples, pollers["4000"].samples
     return {"3456": longest_outage(a), "4000": longest_outage(b), "either": longest_outage(either(a, b)),
             "command_seconds": round(took, 1),
-            "refused_3456": pollers["3456"].refused, "refused_4000": pollers["4000"].refused}
+            "refused_3456": len(pollers["3456"].refused_at), "refused_4000": len(pollers["4000"].refused_at)}
 
 
 def fresh_node(site_file: Path, template: Path) -> None:
