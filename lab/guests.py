@@ -167,12 +167,14 @@ class Guests:
             conf = self.load(vmid)
             for key in sorted(self.volume_specs(conf), key=lambda k: k != "rootfs"):
                 conf[key] = self._attach_volume(vmid, conf[key], allocated, log)
-            rootfs = self.node.storages.path(parse_props(conf["rootfs"], "volume")["volume"])
+            rootfs_volid = parse_props(conf["rootfs"], "volume")["volume"]
+            rootfs = self.node.storages.path(rootfs_volid)
             log.line(f"extracting archive '{template}'")
             log.line(lxc.extract_template(template, rootfs).strip())
             log.line("Detected container architecture: amd64")
             conf["ostype"] = ctsetup.detect_os(rootfs).split()[0]
             ctsetup.at_create(rootfs, conf, params.get("ssh-public-keys"), log)
+            self.node.storages.flush(rootfs_volid)
         except Exception:
             for volid in allocated:
                 self.node.storages.free(volid)

@@ -162,10 +162,19 @@ class Storages:
             if proc.returncode != 0:
                 self.free(volid)
                 raise TaskFailed(f"copying {source_volid} failed: {proc.stderr.strip()}")
+            self.flush(volid)
         finally:
             if mounted:
                 self.deactivate(source_volid)
         return volid
+
+    def flush(self, volid: str) -> None:
+        """Write the volume's data through, as a real create or full clone does when it unmounts
+        the new volume at its end (umount of the ext4 on a thin LV): that writeback belongs to
+        the task, not to whatever runs after it (lab/README.md, "Cost model")."""
+        proc = subprocess.run(["sync", "-f", str(self.path(volid))], capture_output=True, text=True, timeout=3600)
+        if proc.returncode != 0:
+            raise TaskFailed(f"writing {volid} through failed: {proc.stderr.strip()}")
 
     # -- container volumes ------------------------------------------------------------
 
