@@ -20,8 +20,8 @@ machine, not on the Proxmox node. Scenarios, in order:
 3. Meridian-only swap: the Meridian stand-in at a new version (only that layer rebuilt);
 4. LiteLLM-only swap: a copy of the repo whose litellm recipe differs by a comment (only
    that layer rebuilt, about two minutes);
-5. failed gate: a full replace to the bumped template with a suite that fails one check,
-   rolled back to the previous template.
+5. failed gate: a full replace (``--full``) to the first template with a suite that fails on
+   that template only, rolled back to the previous one (the LiteLLM variant), whose gate passes.
 
 Traffic goes only to the lab CT's address on the lab bridge.
 """
@@ -231,12 +231,28 @@ def litellm_variant(tmp: Path) -> Path:
     return copy
 
 
-def failing_suite(tmp: Path) -> Path:
+FAILS_ON = """import pytest
+
+from pipeline.config import load_site
+from pipeline.proxmox import Client
+
+BROKEN = {sha256!r}
+
+
+@pytest.mark.image
+def test_benchmark_fails_the_gate_on_its_template(pytestconfig):
+    site = load_site(pytestconfig.getoption("--site"))
+    description = Client.from_site(site.proxmox).ct_config(site.container.vmid)["description"]
+    assert BROKEN not in description, "the downtime benchmark fails the gate of this template on purpose"
+"""
+
+
+def failing_suite(tmp: Path, template: Path) -> Path:
+    """The acceptance suite plus a check that fails on ``template`` only (CT 457's description
+    names its template's sha256): the rollback's own gate passes, as after a real bad upgrade."""
     suite = tmp / "acceptance-failing"
     shutil.copytree(REPO_ROOT / "acceptance", suite, ignore=shutil.ignore_patterns("__pycache__"))
-    (suite / "test_benchmark_failure.py").write_text(
-        "import pytest\n\n\n@pytest.mark.image\ndef test_benchmark_fails_the_gate():\n"
-        "    raise AssertionError('the downtime benchmark fails the gate on purpose')\n")
+    (suite / "test_benchmark_failure.py").write_text(FAILS_ON.format(sha256=resolve(template).ref.sha256))
     return suite
 
 
@@ -270,7 +286,8 @@ def main() -> int:
             address, key, lambda: replace_ct(bumped, litellm_build, tmp / "swap-litellm.log"))
         results["failed gate, rolled back (--full)"] = measure(
             address, key, lambda: replace_ct(LAB_SITE, base, tmp / "rollback.log", "--full",
-                                             acceptance=failing_suite(tmp), check=False))
+                                             acceptance=failing_suite(tmp, base), check=False))
+        assert "rolled back: CT" in (tmp / "rollback.log").read_text(), "the failed gate did not roll back"
     print(f"{'scenario':36} {'3456 down':>10} {'4000 down':>10} {'either':>8} {'command':>8} "
           f"{'refused 3456/4000':>18}")
     for name, row in results.items():
